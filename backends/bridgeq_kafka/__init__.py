@@ -1,0 +1,1 @@
+"""bridgeq backend for kafka (in progress)."""

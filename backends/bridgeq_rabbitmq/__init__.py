@@ -1,0 +1,1 @@
+"""bridgeq backend for rabbitmq (in progress)."""

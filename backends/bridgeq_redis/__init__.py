@@ -1,0 +1,1 @@
+"""bridgeq backend for redis (in progress)."""

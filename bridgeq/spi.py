@@ -1,0 +1,141 @@
+"""The backend contract: what a broker must do for bridgeq, and nothing more.
+
+A backend translates; the core decides. Retries, dead letters, batching of
+acks, iteration, ``run(handler)``, name and size checks and metrics live once in
+the core. A backend is a :class:`Backend` subclass registered under its URL
+scheme in the ``bridgeq.backends`` entry-point group, exactly as the built-in
+ones are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import ClassVar, NamedTuple
+
+from bridgeq.capabilities import Capabilities
+from bridgeq.errors import BridgeqError
+from bridgeq.message import Delivery, Message
+from bridgeq.options import NoOptions
+from bridgeq.url import BrokerURL
+
+__all__ = [
+    "Backend",
+    "BackendConsumer",
+    "BrokerURL",
+    "Capabilities",
+    "Delivery",
+    "ErrorTable",
+    "Message",
+    "Totals",
+    "translate_errors",
+]
+
+
+class Totals(NamedTuple):
+    """Running counts the broker keeps for a group, for rates: R and C over an interval."""
+
+    published: int
+    """Messages ever published to the topic (retained or not)."""
+    settled: int
+    """Messages of the topic this group has acked (or moved past)."""
+
+
+class Backend(ABC):
+    """One connection to one broker. Topic and group names arrive already checked.
+
+    Every method may be called from any thread, concurrently: a backend is
+    thread-safe. Errors are bridgeq errors (see :func:`translate_errors`).
+    """
+
+    options_type: ClassVar[type] = NoOptions
+    """A frozen dataclass declaring the URL options (see :mod:`bridgeq.options`)."""
+
+    capabilities: Capabilities
+    """What this backend promises; may depend on the URL's options."""
+
+    def __init__(self, url: BrokerURL, options: object) -> None:
+        """Connect (or prepare to connect lazily). Raises ConfigError or ConnectionLost."""
+
+    @abstractmethod
+    def declare(self, topic: str, group: str | None) -> None:
+        """Make the topic exist and, given a group, the group too: from now on it receives
+        every message published to the topic. Idempotent; blocks until done."""
+
+    @abstractmethod
+    def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Send the messages in order; return once the broker has accepted every one.
+
+        Raises PublishError naming the messages not confirmed. The batch is not
+        atomic: messages not named in the error were accepted.
+        """
+
+    @abstractmethod
+    def consumer(self, topic: str, group: str, prefetch: int) -> BackendConsumer:
+        """A new member of ``group`` reading ``topic``; the group is declared first."""
+
+    @abstractmethod
+    def depth(self, topic: str, group: str) -> int | None:
+        """Messages waiting for the group, delivered-but-unacked included; None if unknown."""
+
+    def totals(self, topic: str, group: str) -> Totals | None:
+        """Running counts for rate estimates, or None where the broker cannot tell."""
+        return None
+
+    @abstractmethod
+    def delete(self, topic: str) -> None:
+        """Remove the topic, its groups and its messages. Idempotent."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent; consumers it made are closed first by the core."""
+
+
+class BackendConsumer(ABC):
+    """One member of a consumer group.
+
+    The core never overlaps two calls on one consumer, but successive calls may
+    come from different threads.
+    """
+
+    @abstractmethod
+    def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries, waiting at most ``timeout`` seconds for the first.
+
+        Returns as soon as any are available; ``[]`` when the time ran out. Each
+        delivery carries the backend's ``token`` and an ``attempt`` counting from 1.
+        """
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle the deliveries for good: the group never receives them again."""
+
+    @abstractmethod
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Make the deliveries deliverable again soon, to any member, with attempt + 1."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group; unsettled deliveries become deliverable to others. Idempotent."""
+
+
+ErrorTable = Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], type[BridgeqError]]]
+
+
+@contextlib.contextmanager
+def translate_errors(table: ErrorTable, context: str) -> Iterator[None]:
+    """Re-raise client exceptions as the first matching bridgeq error, ``from`` the original.
+
+    ``context`` says what was being done ("publishing to orders"); the client's own
+    message follows it. Bridgeq errors pass through unchanged.
+    """
+    try:
+        yield
+    except BridgeqError:
+        raise
+    except BaseException as exc:
+        for client_error, bridgeq_error in table:
+            if isinstance(exc, client_error):
+                raise bridgeq_error(f"{context}: {type(exc).__name__}: {exc}") from exc
+        raise

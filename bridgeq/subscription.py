@@ -1,0 +1,284 @@
+"""A subscription: one member of a consumer group, read in pull or callback style.
+
+The core does, once for every backend: prefetch accounting, batching of
+acks, redelivery limits and dead letters, iteration, ``run(handler)`` and a
+``close()`` that may come from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from bridgeq import wire
+from bridgeq.errors import ClosedError, DeliveryStateError
+from bridgeq.message import Delivery, Settlement
+from bridgeq.settle import flusher
+from bridgeq.spi import BackendConsumer
+
+if TYPE_CHECKING:
+    from bridgeq.api import Broker
+
+log = logging.getLogger("bridgeq")
+
+FETCH_SLICE = 0.1
+"""Longest single wait inside the backend, so close() from another thread is prompt."""
+
+Handler = Callable[[Delivery], Any]
+
+
+class Subscription:
+    """One member of ``group`` on ``topic``. Read it from one thread; ack and close from any."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        consumer: BackendConsumer,
+        topic: str,
+        group: str,
+        *,
+        prefetch: int,
+        max_deliveries: int | None,
+        dead_letter_topic: str,
+        ack_batch: int,
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.prefetch = prefetch
+        self.max_deliveries = max_deliveries
+        self.dead_letter_topic = dead_letter_topic
+        self._broker = broker
+        self._consumer = consumer
+        self._ack_batch = ack_batch
+        self._io = threading.RLock()  # serialises every call on the backend consumer
+        self._state = threading.Condition(threading.Lock())  # guards what follows
+        self._pending: list[tuple[Delivery, Settlement, str]] = []
+        self._outstanding = 0  # fetched and not yet settled, buffered ones included
+        self._buffer: deque[Delivery] = deque()
+        self._closed = False
+        self._dead_letter_declared = False
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def receive(self, timeout: float | None = None) -> Delivery | None:
+        """The next delivery, or None once ``timeout`` seconds passed or the subscription closed."""
+        if not self._buffer:
+            self._fill(1, timeout)
+        try:
+            return self._buffer.popleft()
+        except IndexError:
+            return None
+
+    def receive_batch(self, max_messages: int, timeout: float | None = None) -> list[Delivery]:
+        """Up to ``max_messages`` deliveries; waits at most ``timeout`` for the first one."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if not self._buffer:
+            self._fill(max_messages, timeout)
+        buffer = self._buffer
+        if len(buffer) <= max_messages:
+            batch = list(buffer)
+            buffer.clear()
+            return batch
+        return [buffer.popleft() for _ in range(max_messages)]
+
+    def __iter__(self) -> Iterator[Delivery]:
+        """Deliveries until the subscription is closed."""
+        while True:
+            delivery = self.receive()
+            if delivery is None:
+                return
+            yield delivery
+
+    def run(self, handler: Handler, stop_after: int | None = None) -> int:
+        """Call ``handler`` for each delivery: ack on return, nack (requeue) on raise.
+
+        Returns the number handled once ``stop_after`` were handled or the
+        subscription was closed. A handler may settle the delivery itself.
+        """
+        handled = 0
+        while stop_after is None or handled < stop_after:
+            want = self.prefetch if stop_after is None else min(self.prefetch, stop_after - handled)
+            batch = self.receive_batch(want)
+            if not batch:
+                return handled
+            for delivery in batch:
+                try:
+                    handler(delivery)
+                except Exception as exc:
+                    log.warning("handler failed on %s: %r", delivery.id, exc, exc_info=True)
+                    if delivery.state is Settlement.PENDING:
+                        delivery.nack(requeue=True, reason=f"{type(exc).__name__}: {exc}")
+                except BaseException:
+                    self._settle_quietly(delivery, Settlement.REQUEUED, "handler interrupted")
+                    raise
+                else:
+                    if delivery.state is Settlement.PENDING:
+                        delivery.ack()
+                handled += 1
+        return handled
+
+    def _fill(self, want: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while not self._closed:
+            remaining = FETCH_SLICE if deadline is None else deadline - time.monotonic()
+            with self._io:
+                if self._closed:
+                    return
+                self.flush()
+                room = self.prefetch - self._outstanding
+                if room > 0:
+                    wait = min(FETCH_SLICE, max(remaining, 0.0))
+                    if self._take(self._consumer.fetch(min(want, room), wait)):
+                        return
+            if room <= 0:
+                with self._state:  # at the prefetch limit: wait for an ack to make room
+                    if self._outstanding >= self.prefetch and not self._closed:
+                        self._state.wait(min(FETCH_SLICE, max(remaining, 0.0)))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def _take(self, deliveries: list[Delivery]) -> bool:
+        """Buffer fresh deliveries; dead-letter those past max_deliveries. True if any kept."""
+        if not deliveries:
+            return False
+        limit = self.max_deliveries
+        kept = 0
+        with self._state:
+            for delivery in deliveries:
+                delivery.settler = self
+                self._outstanding += 1
+                if limit is not None and delivery.attempt > limit:
+                    reason = f"max_deliveries ({limit}) exceeded"
+                    self._record(delivery, Settlement.DEAD_LETTERED, reason)
+                else:
+                    self._buffer.append(delivery)
+                    kept += 1
+        return kept > 0
+
+    # -- settling --------------------------------------------------------------------------
+
+    def settle(self, delivery: Delivery, outcome: Settlement, reason: str) -> None:
+        """Record ``delivery``'s settlement; sent in a batch soon (see :mod:`bridgeq.settle`)."""
+        with self._state:
+            if delivery.state is not Settlement.PENDING:
+                if delivery.state is outcome:
+                    return
+                raise DeliveryStateError(
+                    f"delivery {delivery.id!r} is already {delivery.state.value}; cannot mark it {outcome.value}"
+                )
+            if self._closed:
+                raise ClosedError(
+                    f"subscription to {self.topic!r} as {self.group!r} is closed; "
+                    f"delivery {delivery.id!r} will be delivered again"
+                )
+            delivery.state = outcome
+            action = outcome
+            if outcome is Settlement.REQUEUED and self.max_deliveries is not None:
+                if delivery.attempt >= self.max_deliveries:
+                    action = Settlement.DEAD_LETTERED
+                    reason = f"max_deliveries ({self.max_deliveries}) reached: {reason}"
+            self._record(delivery, action, reason)
+            self._state.notify()
+            waiting = len(self._pending)
+        if waiting >= self._ack_batch:
+            self.flush_if_idle()
+        elif waiting == 1:
+            flusher.register(self)
+
+    def _record(self, delivery: Delivery, action: Settlement, reason: str) -> None:
+        self._pending.append((delivery, action, reason))
+        self._outstanding -= 1
+
+    def _settle_quietly(self, delivery: Delivery, outcome: Settlement, reason: str) -> None:
+        try:
+            if delivery.state is Settlement.PENDING:
+                self.settle(delivery, outcome, reason)
+        except (ClosedError, DeliveryStateError):
+            pass
+
+    def flush_if_idle(self) -> bool:
+        """Send waiting settlements unless another thread is using the consumer."""
+        if not self._io.acquire(blocking=False):
+            return False
+        try:
+            self.flush()
+        except Exception:
+            log.warning("sending acks for %s/%s failed; they will be redelivered", self.topic, self.group, exc_info=True)
+        finally:
+            self._io.release()
+        return not self._pending
+
+    def flush(self) -> None:
+        """Send every recorded ack, requeue and dead letter to the broker now."""
+        with self._io:
+            with self._state:
+                if not self._pending:
+                    return
+                pending, self._pending = self._pending, []
+            acks = [d for d, action, _ in pending if action is Settlement.ACKED]
+            requeues = [d for d, action, _ in pending if action is Settlement.REQUEUED]
+            dead = [(d, reason) for d, action, reason in pending if action is Settlement.DEAD_LETTERED]
+            if dead:
+                self._dead_letter(dead)
+                acks.extend(d for d, _ in dead)
+            if acks:
+                self._consumer.ack(acks)
+                self._broker.meter.count_acked(self.topic, self.group, len(acks))
+            if requeues:
+                self._consumer.requeue(requeues)
+
+    def _dead_letter(self, dead: list[tuple[Delivery, str]]) -> None:
+        """Publish to the dead-letter topic; the caller acks the originals only after that."""
+        messages = []
+        for delivery, reason in dead:
+            headers = dict(delivery.headers)
+            headers[wire.DEAD_LETTER_REASON] = reason
+            headers[wire.DEAD_LETTER_ATTEMPTS] = str(delivery.attempt)
+            headers[wire.DEAD_LETTER_TOPIC] = self.topic
+            headers[wire.DEAD_LETTER_GROUP] = self.group
+            messages.append(delivery.to_message(headers))
+        if not self._dead_letter_declared:
+            self._broker.backend.declare(self.dead_letter_topic, self.group)
+            self._dead_letter_declared = True
+        self._broker.backend.publish(self.dead_letter_topic, messages)
+        log.info("dead-lettered %d message(s) from %s/%s", len(messages), self.topic, self.group)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Leave the group: deliveries not acked become deliverable again. Idempotent, any thread."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._state.notify_all()
+        with self._io:  # waits for a fetch in progress (at most FETCH_SLICE)
+            with self._state:
+                while self._buffer:  # fetched, never handed to the application
+                    delivery = self._buffer.popleft()
+                    delivery.state = Settlement.REQUEUED
+                    self._record(delivery, Settlement.REQUEUED, "subscription closed")
+            try:
+                self.flush()
+            finally:
+                self._consumer.close()
+                self._broker.forget(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Subscription {self.topic!r} group={self.group!r} prefetch={self.prefetch} {state}>"

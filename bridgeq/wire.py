@@ -1,0 +1,27 @@
+"""Names that bridgeq puts on the wire; other clients read them, so they are fixed.
+
+The message id travels as CloudEvents' binary-mode ``ce_id`` (a Kafka header,
+a Redis stream field, AMQP ``message_id`` plus a ``cloudEvents_id`` header).
+bridgeq's own extras carry the ``bridgeq-`` prefix.
+"""
+
+from __future__ import annotations
+
+ID_HEADER = "ce_id"
+AMQP_ID_HEADER = "cloudEvents_id"
+CONTENT_TYPE_HEADER = "content-type"
+
+DEAD_LETTER_REASON = "bridgeq-dead-letter-reason"
+DEAD_LETTER_ATTEMPTS = "bridgeq-attempts"
+DEAD_LETTER_TOPIC = "bridgeq-source-topic"
+DEAD_LETTER_GROUP = "bridgeq-source-group"
+DEAD_LETTER_ERROR = "bridgeq-error"
+MIGRATED_FROM = "bridgeq-migrated-from"
+
+RESERVED_HEADERS = frozenset({ID_HEADER})
+"""Headers an application may not set itself (use ``Message(id=...)``)."""
+
+
+def dead_letter_topic(topic: str, group: str) -> str:
+    """The default dead-letter topic of ``group`` on ``topic``."""
+    return f"{topic}.{group}.dlq"
