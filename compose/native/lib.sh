@@ -32,7 +32,7 @@ apt_install() {
     need_root
     local pkg missing_candidate=0
     for pkg in "$@"; do
-        if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then
+        if ! grep -q 'Candidate: [^(]' < <(apt-cache policy "$pkg" 2>/dev/null); then
             missing_candidate=1
         fi
     done
@@ -66,7 +66,7 @@ pid_from_file() {
     pid="$(tr -dc '0-9' <"$file")"
     pid_alive "$pid" || return 0
     if [ -n "$pattern" ]; then
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 0
+        grep -q -- "$pattern" < <(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
     fi
     echo "$pid"
 }
@@ -78,7 +78,7 @@ port_open() {
 
 # port_owner PORT : print "pid=... cmd=..." of the listener on PORT (best effort).
 port_owner() {
-    ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/pid=\2 cmd=\1/p' | head -1
+    ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/pid=\2 cmd=\1/p' | head -1 || true
 }
 
 # wait_for SECONDS DESCRIPTION COMMAND... : poll COMMAND every 0.2 s until it

@@ -48,7 +48,7 @@ stop_distro_service_if_conflicting() {
     dpid="$(pid_from_file "$DISTRO_PIDFILE" redis-server)"
     [ -n "$dpid" ] || return 0
     # Only in the way when it listens on our port.
-    if ss -ltnpH "sport = :$PORT" 2>/dev/null | grep -q "pid=$dpid,"; then
+    if grep -q "pid=$dpid," < <(ss -ltnpH "sport = :$PORT" 2>/dev/null); then
         log "stopping the Debian redis-server service (pid $dpid) that holds port $PORT"
         if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
             systemctl stop redis-server >&2 || true

@@ -245,7 +245,7 @@ def kafka_read() -> None:
     assert got == [b"survives-restart"], got
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap())
     try:
-        admin.delete_consumer_groups([PERSIST_KEY])
+        admin.delete_groups([PERSIST_KEY])
         admin.delete_topics([PERSIST_KEY])
     finally:
         admin.close()

@@ -1,0 +1,1 @@
+"""The cases run with the bridgeq plugin's fixtures: broker, names, size."""

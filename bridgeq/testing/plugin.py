@@ -1,0 +1,150 @@
+"""The conformance suite as a pytest plugin (entry point ``pytest11: bridgeq``).
+
+Run it against any broker::
+
+    pytest --pyargs bridgeq.testing.cases --bridgeq-url redis://localhost:6379/0
+
+Without ``--bridgeq-url`` it runs every backend named by ``--bridgeq-backends``
+(default: all built-in ones), each found as :mod:`bridgeq.testing.targets` says.
+A case needing a capability the backend lacks is reported as UNSUPPORTED, never
+as passed and never as an ordinary skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import bridgeq
+from bridgeq.testing.targets import BACKENDS, Target, required, resolve_target
+from bridgeq.url import parse
+from bridgeq.wire import dead_letter_topic
+
+UNSUPPORTED = "unsupported: "
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bridgeq", "bridgeq conformance suite")
+    group.addoption("--bridgeq-url", action="append", default=[], help="run the suite against this broker URL")
+    group.addoption("--bridgeq-backends", default=None, help="comma list of backends (default: all built-in)")
+    group.addoption("--bridgeq-size", choices=("short", "full"), default=None, help="message counts: short or full")
+    parser.addini("bridgeq_backends", "comma list of backends to run the suite against", default=",".join(BACKENDS))
+    parser.addini("bridgeq_size", "short or full", default="short")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(*capabilities): the case needs these capabilities")
+
+
+def _targets(config: pytest.Config) -> list[Target]:
+    cached = getattr(config, "_bridgeq_targets", None)
+    if cached is None:
+        urls = config.getoption("bridgeq_url")
+        if urls:
+            cached = [Target(parse(url).scheme if len(urls) == 1 else f"{parse(url).scheme}{i}", url) for i, url in enumerate(urls)]
+        else:
+            names = config.getoption("bridgeq_backends") or config.getini("bridgeq_backends")
+            cached = [Target(name.strip(), None, "pending") for name in str(names).split(",") if name.strip()]
+        config._bridgeq_targets = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "bridgeq_target" in metafunc.fixturenames:
+        targets = _targets(metafunc.config)
+        metafunc.parametrize("bridgeq_target", targets, ids=[t.name for t in targets], scope="session")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    for target in _targets(config):
+        lines.append(f"bridgeq: {target.name}: {parse(target.url) if target.url else 'found at run time'}")
+    return lines
+
+
+_resolved: dict[str, Target] = {}
+
+
+@pytest.fixture(scope="session")
+def broker_url(bridgeq_target: Target) -> str:
+    """The URL of the broker this case runs against; skips (or fails if required) without one."""
+    target = bridgeq_target
+    if target.url is None:
+        if target.name not in _resolved:
+            _resolved[target.name] = resolve_target(target.name)
+        target = _resolved[target.name]
+    if target.url is None:
+        if required(target.name):
+            pytest.fail(f"{target.name}: required by BRIDGEQ_TEST_REQUIRE but unavailable: {target.reason}")
+        pytest.skip(f"{target.name}: {target.reason}")
+    return target.url
+
+
+@pytest.fixture
+def broker(broker_url: str, request: pytest.FixtureRequest) -> Iterator[bridgeq.Broker]:
+    """A connected broker; capability-gated cases stop here as UNSUPPORTED."""
+    with bridgeq.connect(broker_url) as connected:
+        for marker in request.node.iter_markers("requires"):
+            for capability in marker.args:
+                if not getattr(connected.capabilities, capability):
+                    pytest.skip(f"{UNSUPPORTED}{broker_url.split(':')[0]} lacks {capability}")
+        yield connected
+
+
+class Names:
+    """Unique topic and group names for one test; its topics are deleted afterwards."""
+
+    def __init__(self) -> None:
+        self.prefix = f"bq-{uuid.uuid4().hex[:10]}"
+        self.topics: list[str] = []
+        self.groups: list[str] = []
+
+    def topic(self, label: str = "t") -> str:
+        name = f"{self.prefix}-{label}"
+        self.topics.append(name)
+        return name
+
+    def group(self, label: str = "g") -> str:
+        name = f"{self.prefix}-{label}"
+        self.groups.append(name)
+        return name
+
+    def made(self) -> list[str]:
+        """Every topic this test may have created, dead-letter topics included."""
+        return self.topics + [dead_letter_topic(t, g) for t in self.topics for g in self.groups]
+
+
+@pytest.fixture
+def names(broker: bridgeq.Broker) -> Iterator[Names]:
+    made = Names()
+    yield made
+    if broker.closed:
+        return
+    for name in made.made():
+        try:
+            broker.delete(name)
+        except bridgeq.BridgeqError:
+            pass
+
+
+class Size:
+    """Message counts for the chosen size: short for every commit, full for a release."""
+
+    def __init__(self, full: bool) -> None:
+        self.full = full
+
+    def n(self, short: int, full: int) -> int:
+        return full if self.full else short
+
+
+@pytest.fixture(scope="session")
+def size(pytestconfig: pytest.Config) -> Size:
+    return Size((pytestconfig.getoption("bridgeq_size") or pytestconfig.getini("bridgeq_size")) == "full")
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
+    if report.skipped and isinstance(report.longrepr, tuple) and UNSUPPORTED in str(report.longrepr[2]):
+        return "unsupported", "U", "UNSUPPORTED"
+    return None

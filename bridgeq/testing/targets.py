@@ -1,0 +1,46 @@
+"""Where the conformance suite finds a broker for each backend.
+
+In order: ``BRIDGEQ_TEST_<BACKEND>_URL``; else a testcontainers container when
+a Docker-compatible engine answers; else the backend is unavailable, with the
+reason. ``BRIDGEQ_TEST_REQUIRE`` (a comma list, or ``all``) turns unavailable
+into a failure instead of a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+BACKENDS = ("memory", "redis", "rabbitmq", "kafka")
+REQUIRE_ENV = "BRIDGEQ_TEST_REQUIRE"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One backend to run the suite against: a URL, or the reason there is none."""
+
+    name: str
+    url: str | None
+    reason: str = ""
+
+
+def url_env(backend: str) -> str:
+    return f"BRIDGEQ_TEST_{backend.upper()}_URL"
+
+
+def required(backend: str) -> bool:
+    """True when a missing broker for ``backend`` must fail the run rather than skip."""
+    wanted = {part.strip().lower() for part in os.environ.get(REQUIRE_ENV, "").split(",") if part.strip()}
+    return "all" in wanted or backend in wanted
+
+
+def resolve_target(backend: str) -> Target:
+    """The broker for ``backend``: env URL, then a container, else why neither."""
+    if backend == "memory":
+        return Target(backend, os.environ.get(url_env(backend)) or "memory://")
+    url = os.environ.get(url_env(backend))
+    if url:
+        return Target(backend, url)
+    from bridgeq.testing import containers  # only when needed: imports testcontainers
+
+    return containers.start(backend)
