@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from bridgeq import wire
 from bridgeq.capabilities import Capabilities
 from bridgeq.errors import ClosedError, ConfigError, MessageTooLarge
-from bridgeq.message import Body, Message
+from bridgeq.message import MAX_ID_LENGTH, Body, Message
 from bridgeq.metrics import Meter
 from bridgeq.names import check_name
 from bridgeq.options import parse_options
@@ -86,12 +87,13 @@ class Broker:
         self._check_open()
         check_name("topic", topic)
         limit = self.backend.capabilities.max_message_size
-        for message in messages:
-            if len(message.body) > limit or message.size() > limit:
-                raise MessageTooLarge(
-                    f"message {message.id!r} is {message.size()} bytes; "
-                    f"{self.url.scheme}:// accepts at most {limit} (body, id, key and headers)"
-                )
+        if max(map(len, map(_body, messages))) + MAX_ID_LENGTH > limit or any(map(_has_extras, messages)):
+            for message in messages:  # the exact count, only where the quick bound is not enough
+                if message.size() > limit:
+                    raise MessageTooLarge(
+                        f"message {message.id!r} is {message.size()} bytes; "
+                        f"{self.url.scheme}:// accepts at most {limit} (body, id, key and headers)"
+                    )
         self.backend.publish(topic, messages)
         self.meter.count_published(topic, len(messages))
 
@@ -196,6 +198,13 @@ class Broker:
 
     def __repr__(self) -> str:
         return f"<bridgeq.Broker {self.url}{' closed' if self._closed else ''}>"
+
+
+_body = operator.attrgetter("body")
+
+
+def _has_extras(message: Message) -> bool:
+    return bool(message.headers) or message.key is not None
 
 
 def _as_message(item: object) -> Message:

@@ -24,8 +24,8 @@ _id_counter: itertools.count[int] = itertools.count()
 
 def _reseed_ids() -> None:
     global _id_prefix, _id_counter
-    _id_prefix = os.urandom(10).hex()
-    _id_counter = itertools.count()
+    _id_prefix = os.urandom(10).hex() + "-"
+    _id_counter = itertools.count(1)
 
 
 _reseed_ids()
@@ -33,8 +33,8 @@ os.register_at_fork(after_in_child=_reseed_ids)
 
 
 def new_id() -> str:
-    """A new message id: 32 hex digits, unique across processes (random prefix + counter)."""
-    return f"{_id_prefix}{next(_id_counter):012x}"
+    """A new message id, unique across processes: 80 random bits for this process, then a counter."""
+    return _id_prefix + str(next(_id_counter))
 
 
 def coerce_body(body: object) -> bytes:
@@ -102,10 +102,10 @@ class Message:
     ) -> None:
         self.body = body if type(body) is bytes else coerce_body(body)
         self.headers = EMPTY_HEADERS if headers is None else check_headers(headers)
-        if key is not None and not isinstance(key, str):
+        if key is not None and type(key) is not str:
             raise ConfigError(f"message key must be a str or None, not {type(key).__name__}")
         self.key = key
-        self.id = new_id() if id is None else check_id(id)
+        self.id = _id_prefix + str(next(_id_counter)) if id is None else check_id(id)
 
     def size(self) -> int:
         """Bytes this message counts against a backend's ``max_message_size``."""
@@ -198,7 +198,11 @@ class Delivery:
 
     def ack(self) -> None:
         """Mark the message processed; the broker will not deliver it to this group again."""
-        self._settle(Settlement.ACKED, "")
+        settler = self.settler
+        if self.state is Settlement.PENDING and settler is not None:
+            settler.settle(self, Settlement.ACKED, "")
+        else:
+            self._settle(Settlement.ACKED, "")
 
     def nack(self, requeue: bool = True, reason: str = "") -> None:
         """Give the message back: delivered again (``requeue``) or moved to the dead-letter topic."""

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bridgeq import wire
@@ -55,8 +55,11 @@ class Subscription:
         self._consumer = consumer
         self._ack_batch = ack_batch
         self._io = threading.RLock()  # serialises every call on the backend consumer
-        self._state = threading.Condition(threading.Lock())  # guards what follows
-        self._pending: list[tuple[Delivery, Settlement, str]] = []
+        self._state = threading.Lock()  # guards what follows
+        self._room = threading.Condition(self._state)  # signalled when an ack frees prefetch room
+        self._room_wanted = False  # a reader waits for an ack to make room under prefetch
+        self._acks: list[Delivery] = []  # acked, not yet sent
+        self._pending: list[tuple[Delivery, Settlement, str]] = []  # requeues and dead letters, not yet sent
         self._outstanding = 0  # fetched and not yet settled, buffered ones included
         self._buffer: deque[Delivery] = deque()
         self._closed = False
@@ -138,7 +141,9 @@ class Subscription:
             if room <= 0:
                 with self._state:  # at the prefetch limit: wait for an ack to make room
                     if self._outstanding >= self.prefetch and not self._closed:
-                        self._state.wait(min(FETCH_SLICE, max(remaining, 0.0)))
+                        self._room_wanted = True
+                        self._room.wait(min(FETCH_SLICE, max(remaining, 0.0)))
+                        self._room_wanted = False
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
@@ -146,19 +151,18 @@ class Subscription:
         """Buffer fresh deliveries; dead-letter those past max_deliveries. True if any kept."""
         if not deliveries:
             return False
+        for delivery in deliveries:
+            delivery.settler = self
         limit = self.max_deliveries
-        kept = 0
         with self._state:
-            for delivery in deliveries:
-                delivery.settler = self
-                self._outstanding += 1
-                if limit is not None and delivery.attempt > limit:
-                    reason = f"max_deliveries ({limit}) exceeded"
-                    self._record(delivery, Settlement.DEAD_LETTERED, reason)
-                else:
-                    self._buffer.append(delivery)
-                    kept += 1
-        return kept > 0
+            self._outstanding += len(deliveries)
+            if limit is not None and any(d.attempt > limit for d in deliveries):
+                for delivery in [d for d in deliveries if d.attempt > limit]:
+                    delivery.state = Settlement.DEAD_LETTERED
+                    self._record(delivery, Settlement.DEAD_LETTERED, f"max_deliveries ({limit}) exceeded")
+                deliveries = [d for d in deliveries if d.attempt <= limit]
+            self._buffer.extend(deliveries)
+        return bool(deliveries)
 
     # -- settling --------------------------------------------------------------------------
 
@@ -177,17 +181,53 @@ class Subscription:
                     f"delivery {delivery.id!r} will be delivered again"
                 )
             delivery.state = outcome
-            action = outcome
             if outcome is Settlement.REQUEUED and self.max_deliveries is not None:
                 if delivery.attempt >= self.max_deliveries:
-                    action = Settlement.DEAD_LETTERED
+                    outcome = Settlement.DEAD_LETTERED
                     reason = f"max_deliveries ({self.max_deliveries}) reached: {reason}"
-            self._record(delivery, action, reason)
-            self._state.notify()
-            waiting = len(self._pending)
+            if outcome is Settlement.ACKED:
+                self._acks.append(delivery)
+            else:
+                self._pending.append((delivery, outcome, reason))
+            self._outstanding -= 1
+            if self._room_wanted:
+                self._room.notify()
+            waiting = len(self._acks) + len(self._pending)
         if waiting >= self._ack_batch:
             self.flush_if_idle()
         elif waiting == 1:
+            flusher.register(self)
+
+    def ack(self, deliveries: Iterable[Delivery]) -> None:
+        """Ack many deliveries at once: the same as ``d.ack()`` for each, with one lock round."""
+        self._settle_many(deliveries, Settlement.ACKED, "")
+
+    def nack(self, deliveries: Iterable[Delivery], requeue: bool = True, reason: str = "nacked") -> None:
+        """Nack many deliveries at once: the same as ``d.nack(requeue)`` for each."""
+        self._settle_many(deliveries, Settlement.REQUEUED if requeue else Settlement.DEAD_LETTERED, reason)
+
+    def _settle_many(self, deliveries: Iterable[Delivery], outcome: Settlement, reason: str) -> None:
+        batch = list(deliveries)
+        if any(d.settler is not self for d in batch):
+            raise DeliveryStateError("ack()/nack() of a subscription take only its own deliveries")
+        with self._state:
+            fast = not self._closed and outcome is Settlement.ACKED
+            if fast and all(d.state is Settlement.PENDING for d in batch):
+                for delivery in batch:
+                    delivery.state = outcome
+                self._acks.extend(batch)
+                self._outstanding -= len(batch)
+                if self._room_wanted:
+                    self._room.notify()
+                waiting = len(self._acks) + len(self._pending)
+            else:
+                waiting = -1
+        if waiting < 0:  # the careful path: per delivery, with its errors
+            for delivery in batch:
+                delivery._settle(outcome, reason)
+        elif waiting >= self._ack_batch:
+            self.flush_if_idle()
+        elif waiting == len(batch):
             flusher.register(self)
 
     def _record(self, delivery: Delivery, action: Settlement, reason: str) -> None:
@@ -211,16 +251,16 @@ class Subscription:
             log.warning("sending acks for %s/%s failed; they will be redelivered", self.topic, self.group, exc_info=True)
         finally:
             self._io.release()
-        return not self._pending
+        return not (self._acks or self._pending)
 
     def flush(self) -> None:
         """Send every recorded ack, requeue and dead letter to the broker now."""
         with self._io:
             with self._state:
-                if not self._pending:
+                if not (self._acks or self._pending):
                     return
+                acks, self._acks = self._acks, []
                 pending, self._pending = self._pending, []
-            acks = [d for d, action, _ in pending if action is Settlement.ACKED]
             requeues = [d for d, action, _ in pending if action is Settlement.REQUEUED]
             dead = [(d, reason) for d, action, reason in pending if action is Settlement.DEAD_LETTERED]
             if dead:
@@ -260,7 +300,7 @@ class Subscription:
             if self._closed:
                 return
             self._closed = True
-            self._state.notify_all()
+            self._room.notify_all()
         with self._io:  # waits for a fetch in progress (at most FETCH_SLICE)
             with self._state:
                 while self._buffer:  # fetched, never handed to the application

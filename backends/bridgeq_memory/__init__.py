@@ -9,11 +9,11 @@ as with an AMQP fanout exchange.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Delivery, Message, Totals
 from bridgeq.options import option
@@ -27,12 +27,18 @@ class MemoryOptions:
 
 
 class _Group:
-    __slots__ = ("ready", "unacked", "settled")
+    __slots__ = ("ready", "returned", "unacked", "settled")
 
     def __init__(self) -> None:
-        self.ready: deque[list] = deque()  # [message, deliveries so far]
-        self.unacked: dict[int, list] = {}
+        self.ready: deque[Message | _Returned] = deque()  # fresh messages, or returned ones
+        self.returned = 0  # how many of ready are _Returned
+        self.unacked = 0
         self.settled = 0
+
+
+class _Returned(NamedTuple):
+    message: Message
+    deliveries: int
 
 
 class _Topic:
@@ -57,7 +63,6 @@ class _Store:
 
 _named_stores: dict[str, _Store] = {}
 _named_lock = threading.Lock()
-_tokens = itertools.count(1)
 
 
 class MemoryBackend(Backend):
@@ -94,7 +99,7 @@ class MemoryBackend(Backend):
         with state.lock:
             state.published += len(messages)
             for group in state.groups.values():
-                group.ready.extend([message, 0] for message in messages)
+                group.ready.extend(messages)
             state.lock.notify_all()
 
     def consumer(self, topic: str, group: str, prefetch: int) -> BackendConsumer:
@@ -105,7 +110,7 @@ class MemoryBackend(Backend):
         state = self._store.topic(topic)
         with state.lock:
             found = state.groups.get(group)
-            return 0 if found is None else len(found.ready) + len(found.unacked)
+            return 0 if found is None else len(found.ready) + found.unacked
 
     def totals(self, topic: str, group: str) -> Totals | None:
         state = self._store.topic(topic)
@@ -130,7 +135,7 @@ class MemoryConsumer(BackendConsumer):
         self._state = state
         self._topic = topic
         self._group_name = group
-        self._held: set[int] = set()
+        self._held: dict[Delivery, None] = {}  # delivered, not settled, in order: goes back on close
 
     def _group(self) -> _Group:
         group = self._state.groups.get(self._group_name)
@@ -149,38 +154,44 @@ class MemoryConsumer(BackendConsumer):
             count = min(max_messages, len(ready))
             if not count:
                 return []
-            topic, name, unacked, held = self._topic, self._group_name, group.unacked, self._held
-            deliveries = []
-            for _ in range(count):
-                entry = ready.popleft()
-                entry[1] += 1
-                token = next(_tokens)
-                unacked[token] = entry
-                held.add(token)
-                message = entry[0]
-                deliveries.append(
-                    Delivery(message.id, message.body, message.headers, message.key, topic, name, entry[1], token)
-                )
+            topic, name = self._topic, self._group_name
+            items = [ready.popleft() for _ in range(count)]
+            if group.returned:
+                deliveries = [self._redeliver(group, item) for item in items]
+            else:
+                deliveries = [Delivery(m.id, m.body, m.headers, m.key, topic, name, 1) for m in items]
+            self._held.update(dict.fromkeys(deliveries))
+            group.unacked += count
             return deliveries
 
+    def _redeliver(self, group: _Group, item: Message | _Returned) -> Delivery:
+        message, attempt = item, 1
+        if type(item) is _Returned:
+            group.returned -= 1
+            message, attempt = item.message, item.deliveries + 1
+        return Delivery(message.id, message.body, message.headers, message.key, self._topic, self._group_name, attempt)
+
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        pop = self._held.pop
+        settled = sum(1 for d in deliveries if pop(d, d) is None)
         with self._state.lock:
             group = self._group()
-            for delivery in deliveries:
-                if group.unacked.pop(delivery.token, None) is not None:
-                    group.settled += 1
-                self._held.discard(delivery.token)
+            group.unacked -= settled
+            group.settled += settled
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         with self._state.lock:
-            self._return(self._group(), [d.token for d in deliveries])
+            self._return([d for d in deliveries if d in self._held])
 
-    def _return(self, group: _Group, tokens: list[int]) -> None:
-        entries = [group.unacked.pop(token, None) for token in tokens]
-        self._held.difference_update(tokens)
-        group.ready.extendleft(reversed([entry for entry in entries if entry is not None]))
+    def _return(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            del self._held[delivery]
+        group = self._group()
+        group.unacked -= len(deliveries)
+        group.returned += len(deliveries)
+        group.ready.extendleft(reversed([_Returned(d.to_message(), d.attempt) for d in deliveries]))
         self._state.lock.notify_all()
 
     def close(self) -> None:
         with self._state.lock:
-            self._return(self._group(), sorted(self._held))
+            self._return(list(self._held))

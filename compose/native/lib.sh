@@ -24,7 +24,7 @@ _BQ_APT_UPDATED=0
 _apt_update_once() {
     if [ "$_BQ_APT_UPDATED" = 0 ]; then
         log "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq -o DPkg::Lock::Timeout=300 >&2 || die "apt-get update failed"
         _BQ_APT_UPDATED=1
     fi
 }
@@ -38,11 +38,11 @@ apt_install() {
     done
     [ "$missing_candidate" = 1 ] && _apt_update_once
     log "apt-get install $*"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 \
             -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >&2; then
         [ "$_BQ_APT_UPDATED" = 1 ] && die "apt-get install $* failed"
         _apt_update_once
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 \
             -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$@" >&2 \
             || die "apt-get install $* failed"
     fi

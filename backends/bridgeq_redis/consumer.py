@@ -1,0 +1,170 @@
+"""RedisConsumer: one member of a consumer group, reading with XREADGROUP, settling with XACK."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from bridgeq.message import EMPTY_HEADERS
+from bridgeq.spi import BackendConsumer, Delivery, translate_errors
+
+from .errors import ERRORS, is_group_gone
+from .scripts import REQUEUED_IDLE_MS
+
+if TYPE_CHECKING:
+    from .backend import RedisBackend
+
+log = logging.getLogger("bridgeq.redis")
+
+CLAIM_BATCH = 1000
+_ID = b"ce_id"
+
+
+class RedisConsumer(BackendConsumer):
+    """A consumer named ``<host>-<pid>-<random>``; its unacked entries are tracked to renew them."""
+
+    def __init__(self, backend: RedisBackend, topic: str, group: str) -> None:
+        self._backend = backend
+        self._client = backend.client
+        self._topic, self._group = topic, group
+        self._key = backend.key(topic)
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._held: set[bytes] = set()  # entry ids delivered and not yet acked or handed back
+        self._lock = threading.Lock()
+        self._next_sweep = 0.0
+        self._closed = False
+        self._context = f"reading {topic!r} as {group!r}"
+
+    def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            claimed = self._sweep(max_messages)
+            if claimed:  # perhaps more are waiting: sweep again next time
+                return claimed
+            self._next_sweep = now + self._backend.sweep_seconds
+        args: list[Any] = ["XREADGROUP", "GROUP", self._group, self.name, "COUNT", max_messages]
+        block = int(timeout * 1000)
+        if block > 0:
+            args += ("BLOCK", block)
+        args += ("STREAMS", self._key, ">")
+        with translate_errors(ERRORS, self._context):
+            try:
+                reply = self._client.execute_command(*args)
+            except redis.ResponseError as exc:
+                if not is_group_gone(exc):
+                    raise
+                self._regroup(exc)
+                return []
+        if not reply:
+            return []
+        entries = reply[0][1]
+        deliver = self._delivery
+        deliveries = [deliver(entry_id, fields, 1) for entry_id, fields in entries]
+        with self._lock:
+            self._held.update([entry_id for entry_id, _ in entries])
+        return deliveries
+
+    def _sweep(self, max_messages: int) -> list[Delivery]:
+        """Claim entries handed back or idle past claim_idle_ms, with their exact delivery counts."""
+        with translate_errors(ERRORS, f"claiming idle entries of {self._topic!r} as {self._group!r}"):
+            try:
+                claimed = self._backend.claim(self._key, self._group, self.name, min(max_messages, CLAIM_BATCH))
+            except redis.ResponseError as exc:
+                if not is_group_gone(exc):
+                    raise
+                self._regroup(exc)
+                return []
+        if not claimed:
+            return []
+        deliver = self._delivery
+        deliveries = [deliver(entry_id, dict(zip(flat[::2], flat[1::2])), count) for entry_id, count, flat in claimed]
+        with self._lock:
+            self._held.update([entry[0] for entry in claimed])
+        return deliveries
+
+    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> Delivery:
+        backend = self._backend
+        mid = fields.pop(_ID, None)
+        body = fields.pop(backend.body_field, b"")
+        key = fields.pop(backend.key_field, None)
+        if fields:
+            headers: Any = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+        else:
+            headers = EMPTY_HEADERS
+        return Delivery(
+            f"{self._key}-{entry_id.decode()}" if mid is None else mid.decode(errors="replace"),
+            body,
+            headers,
+            None if key is None else key.decode(errors="replace"),
+            self._topic,
+            self._group,
+            attempt,
+            entry_id,
+        )
+
+    def _regroup(self, exc: BaseException) -> None:
+        """The stream or group was deleted under us: make it again (never loops: once per call)."""
+        log.warning("%s: %s; re-creating the group (messages not yet acked were lost with it)", self._context, exc)
+        with self._lock:
+            self._held.clear()
+        self._backend.declare(self._topic, self._group)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [d.token for d in deliveries]
+        with self._lock:  # even if XACK fails: unrenewed, they will be claimed and redelivered
+            self._held.difference_update(ids)
+        with translate_errors(ERRORS, f"acking {len(ids)} message(s) of {self._topic!r} for {self._group!r}"):
+            self._client.execute_command("XACK", self._key, self._group, *ids)
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [d.token for d in deliveries]
+        with self._lock:
+            self._held.difference_update(ids)
+        self._hand_back(ids, leave=False)
+        self._next_sweep = 0.0  # redeliver them on our next fetch if no other member was faster
+
+    def renew(self) -> None:
+        """Reset the idle time of the entries we hold, so no other member claims them."""
+        with self._lock:
+            ids = list(self._held)
+        if ids and not self._closed:
+            with translate_errors(ERRORS, f"renewing claims on {self._topic!r} for {self._group!r}"):
+                try:
+                    self._backend.settle(self._key, self._group, self.name, ids, 0, leave=False)
+                except redis.ResponseError as exc:
+                    if not is_group_gone(exc):
+                        raise
+
+    def _hand_back(self, ids: Sequence[bytes], leave: bool) -> None:
+        if not ids and not leave:
+            return
+        with translate_errors(ERRORS, f"requeueing {len(ids)} message(s) of {self._topic!r} for {self._group!r}"):
+            try:
+                self._backend.settle(self._key, self._group, self.name, ids, REQUEUED_IDLE_MS, leave)
+            except redis.ResponseError as exc:
+                if not is_group_gone(exc):  # gone with the group: nothing to hand back
+                    raise
+
+    def close(self) -> None:
+        """Hand unacked entries back (claimable at once) and leave the group if nothing is pending."""
+        if self._closed:
+            return
+        self._closed = True
+        self._backend.forget(self)
+        with self._lock:
+            ids, self._held = list(self._held), set()
+        try:
+            self._hand_back(ids, leave=True)
+        except Exception as exc:  # they stay pending and are claimed after claim_idle_ms
+            log.warning("%s: could not hand back %d message(s) on close: %r", self._context, len(ids), exc)
+
+    def __repr__(self) -> str:
+        return f"<RedisConsumer {self._key!r} group={self._group!r} name={self.name!r}>"

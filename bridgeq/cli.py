@@ -1,0 +1,311 @@
+"""The ``bridgeq`` command. Errors print one line (no traceback) and exit non-zero."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+import bridgeq
+from bridgeq.errors import BridgeqError, ConfigError
+from bridgeq.metrics import QueueModel, RateSampler, format_seconds
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class Command(click.Group):
+    """Turns every bridgeq error and usage error into one line on stderr and an exit code."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            err.print("bridgeq: interrupted")
+            sys.exit(130)
+        except click.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
+            err.print(f"bridgeq: error: {exc.format_message()}{where}", markup=False, highlight=False)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            err.print(f"bridgeq: error: {exc.format_message()}", markup=False, highlight=False)
+            sys.exit(exc.exit_code)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            _fail(exc, EXIT_USAGE)
+        except BridgeqError as exc:
+            _fail(exc, EXIT_FAILED)
+        except KeyboardInterrupt:
+            err.print("bridgeq: interrupted")
+            sys.exit(130)
+
+
+def _fail(exc: BaseException, code: int) -> None:
+    err.print(f"bridgeq: error: {exc}", markup=False, highlight=False)
+    sys.exit(code)
+
+
+@click.group(cls=Command)
+@click.version_option(bridgeq.__version__, prog_name="bridgeq")
+def main() -> None:
+    """One producer/consumer interface over RabbitMQ, Redis Streams, Kafka and memory."""
+
+
+@contextmanager
+def _connected(url: str | None) -> Iterator[bridgeq.Broker]:
+    with bridgeq.connect(url) as broker:
+        yield broker
+
+
+def _model_table(model: QueueModel, title: str, extra: dict[str, str] | None = None) -> Table:
+    table = Table(title=title)
+    for column in ("L (waiting)", "R (published/s)", "C (acked/s)", "dL/dt", "drain estimate"):
+        table.add_column(column, justify="right")
+    for name in extra or {}:
+        table.add_column(name, justify="right")
+    table.add_row(
+        _number(model.depth),
+        _number(model.publish_rate),
+        _number(model.consume_rate),
+        _number(model.growth),
+        format_seconds(model.drain_seconds),
+        *(extra or {}).values(),
+    )
+    return table
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return f"{value:,.0f}" if abs(value) >= 10 or float(value).is_integer() else f"{value:,.1f}"
+
+
+@main.command()
+@click.option("--url", default=None, help="broker URL (default: $BRIDGEQ_URL, then memory://)")
+@click.option("--messages", default=40_000, show_default=True, help="messages the producer publishes")
+@click.option("--rate", default=10_000.0, show_default=True, help="producer rate R, msg/s (0: unlimited)")
+@click.option("--consume-rate", default=8_000.0, show_default=True, help="consumer rate C, msg/s (0: unlimited)")
+def demo(url: str | None, messages: int, rate: float, consume_rate: float) -> None:
+    """A producer and a consumer thread, with live L, R, C and the drain estimate.
+
+    By default R > C, so the backlog L grows while the producer runs, then drains.
+    """
+    from bridgeq.demo import DemoRun
+
+    with _connected(url) as broker:
+        run = DemoRun(broker, messages, publish_rate=rate, consume_rate=consume_rate)
+        title = f"bridgeq demo on {broker.url}: {messages:,} messages, topic {run.topic}"
+        run.start()
+        peak = QueueModel(0, 0.0, 0.0)
+        with Live(_model_table(peak, title), console=out, refresh_per_second=8) as live:
+            while not run.done.wait(0.25):
+                model = run.sample()
+                peak = QueueModel(
+                    max(peak.depth or 0, model.depth or 0),
+                    max(peak.publish_rate or 0, model.publish_rate or 0),
+                    max(peak.consume_rate or 0, model.consume_rate or 0),
+                )
+                live.update(_model_table(model, title, {"consumed": f"{run.consumed:,}"}))
+        run.finish()
+        elapsed = time.monotonic() - run.started
+        out.print(
+            f"done: {run.consumed:,} of {messages:,} messages consumed in {elapsed:.2f} s "
+            f"({run.consumed / elapsed:,.0f} msg/s end to end); peak L={peak.depth:,}, "
+            f"peak R={peak.publish_rate:,.0f}/s, peak C={peak.consume_rate:,.0f}/s"
+        )
+
+
+def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--header must be name=value, got {pair!r}")
+        headers[name] = value
+    return headers
+
+
+@main.command()
+@click.argument("url")
+@click.argument("topic")
+@click.option("--key", default=None, help="routing key for every message")
+@click.option("--header", "header_pairs", multiple=True, help="name=value, repeatable")
+@click.option("--file", "source", type=click.File("rb"), default="-", help="input file (default: stdin)")
+@click.option("--batch", default=500, show_default=True, help="messages per confirmed batch")
+def publish(url: str, topic: str, key: str | None, header_pairs: tuple[str, ...], source: IO[bytes], batch: int) -> None:
+    """Publish one message per input line."""
+    headers = _parse_headers(header_pairs)
+    with _connected(url) as broker:
+        sent = 0
+        pending: list[bridgeq.Message] = []
+        for line in source:
+            pending.append(bridgeq.Message(line.rstrip(b"\r\n"), headers=headers, key=key))
+            if len(pending) >= batch:
+                sent += len(broker.publish_batch(topic, pending))
+                pending = []
+        sent += len(broker.publish_batch(topic, pending))
+    err.print(f"published {sent:,} message(s) to {topic}")
+
+
+def _as_json(delivery: bridgeq.Delivery) -> str:
+    record: dict[str, Any] = {
+        "id": delivery.id,
+        "topic": delivery.topic,
+        "group": delivery.group,
+        "key": delivery.key,
+        "attempt": delivery.attempt,
+        "headers": dict(delivery.headers),
+    }
+    try:
+        record["body"] = delivery.body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["body_base64"] = base64.b64encode(delivery.body).decode("ascii")
+    return json.dumps(record, ensure_ascii=False)
+
+
+@main.command()
+@click.argument("url")
+@click.argument("topic")
+@click.option("--group", required=True, help="consumer group to read as")
+@click.option("--max", "limit", type=int, default=None, help="stop after this many messages")
+@click.option("--timeout", type=float, default=None, help="stop when nothing arrived for this many seconds")
+@click.option("--no-ack", is_flag=True, help="do not ack: the messages stay with the group")
+def consume(url: str, topic: str, group: str, limit: int | None, timeout: float | None, no_ack: bool) -> None:
+    """Print messages as JSON lines (body as UTF-8, else body_base64)."""
+    with _connected(url) as broker, broker.subscribe(topic, group) as sub:
+        count = 0
+        while limit is None or count < limit:
+            delivery = sub.receive(timeout=timeout)
+            if delivery is None:
+                break
+            click.echo(_as_json(delivery))
+            if not no_ack:
+                delivery.ack()
+            count += 1
+    err.print(f"consumed {count:,} message(s) from {topic} as {group}")
+
+
+@main.command()
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.option("--full", is_flag=True, help="full-size runs (more messages)")
+@click.option("-k", "keyword", default=None, help="only cases matching this pytest -k expression")
+def check(url: str, as_json: bool, full: bool, keyword: str | None) -> None:
+    """Run the conformance suite against URL and print the capability and result matrix."""
+    from rich.progress import Progress
+
+    from bridgeq.check import run_check
+
+    with _connected(url) as broker:
+        capabilities = broker.capabilities
+        shown = str(broker.url)
+    if as_json:
+        report = run_check(url, size="full" if full else "short", keyword=keyword)
+    else:
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task(f"checking {shown}", total=None)
+
+            def progress(done: int, total: int, name: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"{name[:50] or shown}")
+
+            report = run_check(url, size="full" if full else "short", keyword=keyword, progress=progress)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "url": shown,
+                    "capabilities": capabilities.as_dict(),
+                    "results": {r.name: {"outcome": r.outcome, "detail": r.detail} for r in report.results.values()},
+                    "counts": {o: report.count(o) for o in ("passed", "failed", "unsupported", "skipped")},
+                },
+                indent=2,
+            )
+        )
+    else:
+        caps = Table(title=f"capabilities of {shown}")
+        caps.add_column("capability")
+        caps.add_column("value", justify="right")
+        caps.add_column("meaning")
+        for name, value, doc in capabilities.describe():
+            caps.add_row(name, str(value), doc)
+        out.print(caps)
+        results = Table(title="conformance")
+        results.add_column("case", no_wrap=True, max_width=64)
+        results.add_column("result", no_wrap=True, min_width=11)
+        results.add_column("detail", overflow="fold", ratio=1)
+        style = {"passed": "green", "failed": "bold red", "unsupported": "yellow", "skipped": "dim"}
+        for result in report.results.values():
+            results.add_row(result.name, f"[{style[result.outcome]}]{result.outcome}[/]", result.detail)
+        out.print(results)
+        out.print(
+            f"{report.count('passed')} passed, {report.count('failed')} failed, "
+            f"{report.count('unsupported')} unsupported, {report.count('skipped')} skipped"
+        )
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("url")
+@click.argument("topic")
+@click.option("--group", required=True)
+@click.option("--interval", default=2.0, show_default=True, help="seconds between the two samples for R and C")
+def stats(url: str, topic: str, group: str, interval: float) -> None:
+    """L, R, C and the drain estimate for one group."""
+    with _connected(url) as broker:
+        sampler = RateSampler()
+        first = broker.totals(topic, group)
+        rates: tuple[float | None, float | None] = (None, None)
+        if first is not None:
+            sampler.sample(*first)
+            time.sleep(interval)
+            second = broker.totals(topic, group)
+            if second is not None:
+                rates = sampler.sample(*second)
+        model = QueueModel(broker.depth(topic, group), *rates)
+        out.print(_model_table(model, f"{topic} as {group} on {broker.url}"))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--messages", default=10_000, show_default=True)
+@click.option("--size", default=100, show_default=True, help="body size in bytes")
+@click.option("--batch", default=100, show_default=True, help="publish and receive batch size")
+@click.option("--json", "as_json", is_flag=True)
+def bench(url: str, messages: int, size: int, batch: int, as_json: bool) -> None:
+    """Measure R (publish), C (consume+ack) and publish->receive latency p50/p99."""
+    from bridgeq.bench import run_bench
+
+    with _connected(url) as broker:
+        with err.status(f"benchmarking {broker.url} with {messages:,} messages of {size} bytes"):
+            result = run_bench(broker, messages, size, batch)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    table = Table(title=f"bridgeq bench {result.url}: {messages:,} x {size} B, batch {batch}")
+    for column in ("R publish msg/s", "C consume+ack msg/s", "latency p50 ms", "latency p99 ms"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{result.publish_rate:,.0f}",
+        f"{result.consume_rate:,.0f}",
+        f"{result.latency_p50_ms:.3f}",
+        f"{result.latency_p99_ms:.3f}",
+    )
+    out.print(table)
