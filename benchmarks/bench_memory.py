@@ -78,7 +78,8 @@ def main() -> None:
     table = Table(title=f"memory:// vs queue.Queue, {messages:,} messages of {args.size} B, median of {args.rounds}")
     table.add_column("path")
     table.add_column("msg/s", justify="right")
-    table.add_row(f"bridgeq memory:// publish_batch({args.batch}) + receive_batch + ack(batch)", f"{result['bridgeq_msg_per_s']:,.0f}")
+    ours_label = f"bridgeq memory:// publish_batch({args.batch}) + receive_batch + ack(batch)"
+    table.add_row(ours_label, f"{result['bridgeq_msg_per_s']:,.0f}")
     table.add_row(f"queue.Queue put x {args.batch} + get x {args.batch}", f"{result['queue_msg_per_s']:,.0f}")
     table.add_row("ratio bridgeq / queue.Queue", f"{result['ratio']:.2f}x")
     Console().print(table)

@@ -30,7 +30,7 @@ def connect(url: str | BrokerURL | None = None) -> Broker:
     """
     parsed = resolve(url)
     backend_type = load(parsed.scheme)
-    options = parse_options(backend_type.options_type, parsed.options, parsed.scheme)
+    options: object = parse_options(backend_type.options_type, parsed.options, parsed.scheme)
     return Broker(backend_type(parsed, options), parsed)
 
 

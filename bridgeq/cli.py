@@ -31,7 +31,7 @@ class Command(click.Group):
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.Abort:
@@ -149,7 +149,9 @@ def _parse_headers(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--header", "header_pairs", multiple=True, help="name=value, repeatable")
 @click.option("--file", "source", type=click.File("rb"), default="-", help="input file (default: stdin)")
 @click.option("--batch", default=500, show_default=True, help="messages per confirmed batch")
-def publish(url: str, topic: str, key: str | None, header_pairs: tuple[str, ...], source: IO[bytes], batch: int) -> None:
+def publish(
+    url: str, topic: str, key: str | None, header_pairs: tuple[str, ...], source: IO[bytes], batch: int
+) -> None:
     """Publish one message per input line."""
     headers = _parse_headers(header_pairs)
     with _connected(url) as broker:
@@ -293,9 +295,8 @@ def bench(url: str, messages: int, size: int, batch: int, as_json: bool) -> None
     """Measure R (publish), C (consume+ack) and publish->receive latency p50/p99."""
     from bridgeq.bench import run_bench
 
-    with _connected(url) as broker:
-        with err.status(f"benchmarking {broker.url} with {messages:,} messages of {size} bytes"):
-            result = run_bench(broker, messages, size, batch)
+    with _connected(url) as broker, err.status(f"benchmarking {broker.url}: {messages:,} messages of {size} B"):
+        result = run_bench(broker, messages, size, batch)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
         return

@@ -72,9 +72,7 @@ def check_id(message_id: object) -> str:
         or len(message_id) > MAX_ID_LENGTH
         or not message_id.isprintable()
     ):
-        raise ConfigError(
-            f"message id must be 1 to {MAX_ID_LENGTH} printable characters, got {message_id!r:.60}"
-        )
+        raise ConfigError(f"message id must be 1 to {MAX_ID_LENGTH} printable characters, got {message_id!r:.60}")
     return message_id
 
 
@@ -86,7 +84,7 @@ class Message:
     generated when not given and travels unchanged through every broker.
     """
 
-    __slots__ = ("body", "headers", "key", "id")
+    __slots__ = ("body", "headers", "id", "key")
 
     body: bytes
     headers: Mapping[str, str]
@@ -157,16 +155,16 @@ class Delivery:
     """
 
     __slots__ = (
-        "id",
-        "body",
-        "headers",
-        "key",
-        "topic",
-        "group",
         "attempt",
-        "token",
-        "state",
+        "body",
+        "group",
+        "headers",
+        "id",
+        "key",
         "settler",
+        "state",
+        "token",
+        "topic",
     )
 
     def __init__(
@@ -212,7 +210,9 @@ class Delivery:
         if self.state is not Settlement.PENDING:
             if self.state is outcome:
                 return
-            raise DeliveryStateError(f"delivery {self.id!r} is already {self.state.value}; cannot mark it {outcome.value}")
+            raise DeliveryStateError(
+                f"delivery {self.id!r} is already {self.state.value}; cannot mark it {outcome.value}"
+            )
         if self.settler is None:
             raise ClosedError(f"delivery {self.id!r} does not belong to a subscription")
         self.settler.settle(self, outcome, reason)

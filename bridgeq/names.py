@@ -24,8 +24,7 @@ def check_name(kind: str, name: object) -> str:
     if not _NAME.fullmatch(name):
         bad = sorted({ch for ch in name if not (ch.isascii() and (ch.isalnum() or ch in "._-"))})
         raise ConfigError(
-            f"{kind} name {name[:60]!r} has invalid characters {''.join(bad)!r}; "
-            "use letters, digits, '.', '_' and '-'"
+            f"{kind} name {name[:60]!r} has invalid characters {''.join(bad)!r}; use letters, digits, '.', '_' and '-'"
         )
     if name.strip(".") == "":
         raise ConfigError(f"{kind} name must not be only dots")

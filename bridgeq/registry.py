@@ -47,9 +47,7 @@ def load(scheme: str) -> type[Backend]:
         backend = found[0].load()
     except ModuleNotFoundError as exc:
         extra = EXTRAS.get(scheme, scheme)
-        raise ConfigError(
-            f"{scheme}:// needs the {exc.name!r} client library: pip install 'bridgeq[{extra}]'"
-        ) from exc
+        raise ConfigError(f"{scheme}:// needs the {exc.name!r} client library: pip install 'bridgeq[{extra}]'") from exc
     if not (isinstance(backend, type) and issubclass(backend, Backend)):
         raise ConfigError(f"entry point {found[0].value!r} for {scheme}:// is not a bridgeq Backend")
     return backend

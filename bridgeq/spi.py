@@ -55,7 +55,7 @@ class Backend(ABC):
     capabilities: Capabilities
     """What this backend promises; may depend on the URL's options."""
 
-    def __init__(self, url: BrokerURL, options: object) -> None:
+    def __init__(self, url: BrokerURL, options: object) -> None:  # noqa: B027 - a documented hook
         """Connect (or prepare to connect lazily). Raises ConfigError or ConnectionLost."""
 
     @abstractmethod

@@ -97,16 +97,17 @@ class Subscription:
                 return
             yield delivery
 
-    def run(self, handler: Handler, stop_after: int | None = None) -> int:
+    def run(self, handler: Handler, stop_after: int | None = None, idle_timeout: float | None = None) -> int:
         """Call ``handler`` for each delivery: ack on return, nack (requeue) on raise.
 
-        Returns the number handled once ``stop_after`` were handled or the
-        subscription was closed. A handler may settle the delivery itself.
+        Returns the number handled once ``stop_after`` were handled, nothing arrived
+        for ``idle_timeout`` seconds, or the subscription was closed. A handler may
+        settle the delivery itself.
         """
         handled = 0
         while stop_after is None or handled < stop_after:
             want = self.prefetch if stop_after is None else min(self.prefetch, stop_after - handled)
-            batch = self.receive_batch(want)
+            batch = self.receive_batch(want, timeout=idle_timeout)
             if not batch:
                 return handled
             for delivery in batch:
@@ -181,10 +182,10 @@ class Subscription:
                     f"delivery {delivery.id!r} will be delivered again"
                 )
             delivery.state = outcome
-            if outcome is Settlement.REQUEUED and self.max_deliveries is not None:
-                if delivery.attempt >= self.max_deliveries:
-                    outcome = Settlement.DEAD_LETTERED
-                    reason = f"max_deliveries ({self.max_deliveries}) reached: {reason}"
+            limit = self.max_deliveries
+            if outcome is Settlement.REQUEUED and limit is not None and delivery.attempt >= limit:
+                outcome = Settlement.DEAD_LETTERED
+                reason = f"max_deliveries ({limit}) reached: {reason}"
             if outcome is Settlement.ACKED:
                 self._acks.append(delivery)
             else:
@@ -248,7 +249,7 @@ class Subscription:
         try:
             self.flush()
         except Exception:
-            log.warning("sending acks for %s/%s failed; they will be redelivered", self.topic, self.group, exc_info=True)
+            log.warning("sending acks for %s/%s failed; redelivery follows", self.topic, self.group, exc_info=True)
         finally:
             self._io.release()
         return not (self._acks or self._pending)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import NamedTuple
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote
 
 from bridgeq.errors import ConfigError
 
@@ -95,7 +95,9 @@ def parse(text: str) -> BrokerURL:
         user_text, colon, password_text = userinfo.partition(":")
         username = unquote(user_text) if user_text else None
         password = unquote(password_text) if colon else None
-    hosts = tuple(_parse_host(part) for part in hostlist.split(",")) if hostlist else ()
+    # Echo host text in errors only when no userinfo could have spilled into it.
+    echo = "@" not in text
+    hosts = tuple(_parse_host(part, echo) for part in hostlist.split(",")) if hostlist else ()
     try:
         query = tuple(parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text)))
     except ValueError:
@@ -103,24 +105,25 @@ def parse(text: str) -> BrokerURL:
     return BrokerURL(scheme, username, password, hosts, unquote(path) if slash else "", query)
 
 
-def _parse_host(part: str) -> Host:
+def _parse_host(part: str, echo: bool) -> Host:
+    shown = f" {part[:60]!r}" if echo else ""
     if not part:
         raise ConfigError("broker URL has an empty host in its host list")
     if part.startswith("["):
         name, bracket, port_text = part[1:].partition("]")
         if not bracket or (port_text and not port_text.startswith(":")):
-            raise ConfigError(f"broker URL has a malformed IPv6 host {part[:60]!r}")
+            raise ConfigError(f"broker URL has a malformed IPv6 host{shown}")
         port_text = port_text[1:]
         has_port = bool(port_text) or part.endswith(":")
     else:
         name, colon, port_text = part.partition(":")
         has_port = bool(colon)
         if ":" in port_text:
-            raise ConfigError(f"broker URL host {part[:60]!r}: write IPv6 addresses in [brackets]")
+            raise ConfigError(f"broker URL host{shown} has more than one ':'; write IPv6 addresses in [brackets]")
     if not name or not all(ch.isalnum() or ch in "-._:%" for ch in name):
-        raise ConfigError(f"broker URL has an invalid host name {name[:60]!r}")
+        raise ConfigError(f"broker URL has an invalid host name{shown}")
     if not has_port:
         return Host(name, None)
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"broker URL host {name[:60]!r} has an invalid port {port_text[:10]!r} (1-65535)")
+        raise ConfigError(f"broker URL host{shown} has an invalid port (must be 1-65535)")
     return Host(name, int(port_text))

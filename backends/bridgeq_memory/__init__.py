@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Delivery, Message, Totals
 from bridgeq.options import option
+from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Delivery, Message, Totals
 
 __all__ = ["MemoryBackend", "MemoryOptions"]
 
@@ -27,7 +27,7 @@ class MemoryOptions:
 
 
 class _Group:
-    __slots__ = ("ready", "returned", "unacked", "settled")
+    __slots__ = ("ready", "returned", "settled", "unacked")
 
     def __init__(self) -> None:
         self.ready: deque[Message | _Returned] = deque()  # fresh messages, or returned ones
@@ -158,17 +158,19 @@ class MemoryConsumer(BackendConsumer):
             items = [ready.popleft() for _ in range(count)]
             if group.returned:
                 deliveries = [self._redeliver(group, item) for item in items]
-            else:
-                deliveries = [Delivery(m.id, m.body, m.headers, m.key, topic, name, 1) for m in items]
+            else:  # nothing returned waits: every item is a fresh Message
+                fresh: list[Message] = items  # type: ignore[assignment]
+                deliveries = [Delivery(m.id, m.body, m.headers, m.key, topic, name, 1) for m in fresh]
             self._held.update(dict.fromkeys(deliveries))
             group.unacked += count
             return deliveries
 
     def _redeliver(self, group: _Group, item: Message | _Returned) -> Delivery:
-        message, attempt = item, 1
-        if type(item) is _Returned:
+        if isinstance(item, _Returned):
             group.returned -= 1
             message, attempt = item.message, item.deliveries + 1
+        else:
+            message, attempt = item, 1
         return Delivery(message.id, message.body, message.headers, message.key, self._topic, self._group_name, attempt)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:

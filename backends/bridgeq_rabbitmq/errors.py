@@ -9,7 +9,7 @@ from pika import exceptions as pe
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import ErrorTable
 
-__all__ = ["ERRORS", "PublishConnectionLost", "refusal"]
+__all__ = ["ERRORS", "PublishConnectionLost", "cause", "refusal"]
 
 REFUSED = {403: "access refused", 405: "resource locked", 406: "precondition failed", 530: "not allowed"}
 """AMQP reply codes that mean the request (or the URL) is wrong, not that the network failed."""
@@ -33,3 +33,17 @@ def refusal(exc: BaseException, context: str) -> BridgeqError | None:
     if isinstance(exc, (pe.ChannelClosedByBroker, pe.ConnectionClosedByBroker)) and code in REFUSED:
         return ConfigError(f"{context}: the broker refused ({code} {REFUSED[code]}): {exc.reply_text}")
     return None
+
+
+def cause(exc: BaseException) -> BaseException:
+    """The innermost reason of pika's connection-workflow errors (their own text is often empty)."""
+    while True:
+        inner = getattr(exc, "exceptions", None)  # AMQPConnectionWorkflowFailed: one per attempt
+        if inner:
+            exc = inner[-1]
+        elif getattr(exc, "exception", None) is not None:  # AMQPConnectorException wrappers
+            exc = exc.exception  # type: ignore[attr-defined]
+        elif isinstance(exc, pe.AMQPConnectionError) and exc.args and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            return exc

@@ -26,7 +26,7 @@ from pika.spec import Basic, BasicProperties
 
 from bridgeq.errors import ClosedError, ConnectionLost
 
-from .errors import refusal
+from .errors import cause, refusal
 
 __all__ = ["Batch", "Link", "Op", "Step"]
 
@@ -140,7 +140,7 @@ class Link:
     def _run(self) -> None:
         self._connect()
         try:
-            while not self._closing or not (self.conn is None or self.conn.is_closed):
+            while True:
                 try:
                     self.loop.start()
                     break
@@ -217,6 +217,7 @@ class Link:
         if self.opened.done():
             self._reconnect_later(exc)
             return
+        exc = cause(exc)
         refused = refusal(exc, "connecting")
         if refused is None and self._attempts < len(self._params):
             self._connect()  # the next host of the URL

@@ -24,6 +24,14 @@ Where a new group starts (option ``group_start``)
     ``latest``: only entries added after the group was declared.
     Either way every message published after ``declare`` reaches the group.
 
+Publishing
+    One write per ``publish`` call, however many messages: the XADDs are
+    packed into RESP here (their arguments are already bytes) and sent on a
+    pooled redis-py connection, one reply read per entry (see ``resp.py``).
+    XADD is never retried (see Connections). A refused entry (e.g. the key
+    holds another type, or the server is out of memory) raises PublishError
+    naming exactly the refused messages; the others were stored.
+
 Delivery, redelivery and delivery counts
     XREADGROUP ``>`` (blocking at most the core's 0.1 s slice, COUNT = what
     the core asks for); XACK in the batches the core hands over. Every fetch
@@ -36,11 +44,14 @@ Delivery, redelivery and delivery counts
     id and count and makes them claimable by the next sweep of any member,
     within a second. A consumer process killed with SIGKILL stops renewing
     its entries; another member claims them after ``claim_idle_ms`` (plus
-    one sweep): ``capabilities.crash_redelivery_seconds``.
+    one sweep): ``capabilities.crash_redelivery_seconds``. A sweep scans the
+    group's pending list on the server (XPENDING IDLE): cheap for the usual
+    few thousand entries, a cost to keep in mind for hundreds of thousands.
 
 Long-running handlers (option ``renew``, default true)
     A background thread renews (XCLAIM JUSTID, no count) every claim_idle_ms/3
-    the entries each live consumer holds, so a slow handler keeps its
+    the entries each live consumer holds (one XPENDING per entry, in a
+    script), so a slow handler keeps its
     message however long it takes; only a dead process, ``close()`` or a
     connection lost for longer than ``claim_idle_ms`` lets others take it.
     With ``renew=false`` an entry held longer than ``claim_idle_ms`` is taken
@@ -67,6 +78,9 @@ Depth and totals
     ``entries-added`` and the group's ``entries-read`` minus ``pending``.
 
 Connections
+    Redis >= 7.0 (6.2 works, but ``depth`` and ``totals`` are None there);
+    redis-py >= 5, always speaking RESP2 so reply shapes do not depend on
+    the redis-py version. One host: no Cluster or Sentinel.
     ``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS with
     certificate and host-name verification on (options ``tls_ca_file``,
     ``tls_cert_file``, ``tls_key_file``; ``tls_insecure=true`` turns

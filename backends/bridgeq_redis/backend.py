@@ -10,18 +10,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from bridgeq.errors import ConfigError, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
 
-from . import scripts
+from . import resp, scripts
+from .consumer import RedisConsumer
 from .errors import ERRORS, RETRYABLE
 from .options import RedisOptions
 
 log = logging.getLogger("bridgeq.redis")
+
+_ID_FIELD = ID_HEADER.encode()
 
 SWEEP_SECONDS = 0.5
 """How often a consumer looks for entries to claim (handed back, or idle past claim_idle_ms)."""
@@ -42,18 +45,19 @@ class RedisBackend(Backend):
         self._reserved = {o.body_field, o.key_field}
         self.start_id = "0" if o.group_start == "earliest" else "$"
         if o.maxlen is not None:
-            self._trim: list[Any] = ["MAXLEN", "~", o.maxlen]
+            self._trim: list[bytes] = [b"MAXLEN", b"~", b"%d" % o.maxlen]
         else:
             self._trim = []
         params = self._connection_params(url, o)
-        retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), o.retries, supported_errors=RETRYABLE)
+        retry = Retry(EqualJitterBackoff(cap=1.0, base=0.05), o.retries, supported_errors=RETRYABLE)
         self.client = redis.Redis(retry=retry, **params)
         # XADD is not idempotent: a blind retry after a lost reply would add the entry twice.
-        self._publisher = redis.Redis(retry=Retry(NoBackoff(), 0), **params)
+        self._publish_pool = redis.Redis(retry=Retry(NoBackoff(), 0), **params).connection_pool
+        self.client.set_response_callback("XREADGROUP", _unparsed)  # the consumer reads the flat reply
         self._claim = self.client.register_script(scripts.CLAIM)
         self._settle = self.client.register_script(scripts.SETTLE)
         self._declare_topic = self.client.register_script(scripts.DECLARE_TOPIC)
-        self._consumers: weakref.WeakSet[BackendConsumer] = weakref.WeakSet()
+        self._consumers: weakref.WeakSet[RedisConsumer] = weakref.WeakSet()
         self._renewer: threading.Thread | None = None
         self._closing = threading.Event()
         self._lock = threading.Lock()
@@ -87,6 +91,7 @@ class RedisBackend(Backend):
             "socket_timeout": o.socket_timeout,
             "socket_connect_timeout": o.connect_timeout,
             "client_name": "bridgeq",
+            "protocol": 2,  # reply shapes differ under RESP3 and across redis-py versions
         }
         tls_options = o.tls_ca_file or o.tls_cert_file or o.tls_key_file or o.tls_insecure
         if url.scheme == "rediss":
@@ -126,37 +131,28 @@ class RedisBackend(Backend):
     # -- publishing --------------------------------------------------------------------
 
     def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        key, body_field, key_field = self.key(topic), self.options.body_field, self.options.key_field
-        head: list[Any] = ["XADD", key, *self._trim]
+        head = [b"XADD", self.key(topic).encode(), *self._trim]
         if self.options.max_age_ms is not None:
-            head += ["MINID", "~", int(time.time() * 1000) - self.options.max_age_ms]
-        head.append("*")
+            head += [b"MINID", b"~", b"%d" % (time.time() * 1000 - self.options.max_age_ms)]
+        head += [b"*", _ID_FIELD]
+        body_field, key_field = self.body_field, self.key_field
         commands = []
         for m in messages:
-            args = [*head, ID_HEADER, m.id, body_field, m.body]
+            args = [*head, m.id.encode(), body_field, m.body]
             if m.key is not None:
-                args += (key_field, m.key)
+                args += (key_field, m.key.encode())
             if m.headers:
                 if not self._reserved.isdisjoint(m.headers):
                     raise ConfigError(
                         f"message {m.id!r}: headers {sorted(self._reserved & set(m.headers))} collide with the "
                         "stream fields for body and key (options body_field, key_field)"
                     )
-                for item in m.headers.items():
-                    args += item
+                for name, value in m.headers.items():
+                    args += (name.encode(), value.encode())
             commands.append(args)
-        with translate_errors(ERRORS, f"publishing {len(messages)} message(s) to {topic!r} (fate unknown)"):
-            if len(commands) == 1:
-                try:
-                    self._publisher.execute_command(*commands[0])
-                    return
-                except redis.ResponseError as exc:
-                    raise PublishError(f"publishing to {topic!r}: {exc}", (messages[0].id,)) from exc
-            pipe = self._publisher.pipeline(transaction=False)
-            for args in commands:
-                pipe.execute_command(*args)
-            results = pipe.execute(raise_on_error=False)
-        failed = [(m.id, r) for m, r in zip(messages, results) if isinstance(r, Exception)]
+        with translate_errors(ERRORS, f"publishing {len(messages)} message(s) to {topic!r} (stored or not: unknown)"):
+            results = resp.send(self._publish_pool, resp.pack(commands), len(commands))
+        failed = [(m.id, r) for m, r in zip(messages, results, strict=True) if isinstance(r, Exception)]
         if failed:
             raise PublishError(
                 f"{len(failed)} of {len(messages)} message(s) to {topic!r} refused: {failed[0][1]}",
@@ -166,8 +162,6 @@ class RedisBackend(Backend):
     # -- consuming ---------------------------------------------------------------------
 
     def consumer(self, topic: str, group: str, prefetch: int) -> BackendConsumer:
-        from .consumer import RedisConsumer
-
         self.declare(topic, group)
         consumer = RedisConsumer(self, topic, group)
         if self.options.renew:
@@ -178,7 +172,7 @@ class RedisBackend(Backend):
                     self._renewer.start()
         return consumer
 
-    def forget(self, consumer: BackendConsumer) -> None:
+    def forget(self, consumer: RedisConsumer) -> None:
         with self._lock:
             self._consumers.discard(consumer)
 
@@ -189,12 +183,13 @@ class RedisBackend(Backend):
                 consumers = list(self._consumers)
             for consumer in consumers:
                 try:
-                    consumer.renew()  # type: ignore[attr-defined]
+                    consumer.renew()
                 except Exception as exc:
-                    log.warning("renewing the claims of %r failed (retried in %.1fs): %r", consumer, self.claim_idle_ms / 3000, exc)
+                    log.warning("renewing the claims of %r failed (retried soon): %r", consumer, exc)
 
     def claim(self, key: str, group: str, name: str, count: int) -> list[list[Any]]:
-        return self._claim(keys=[key], args=[group, name, self.claim_idle_ms, count])  # type: ignore[no-any-return]
+        claimed: list[list[Any]] = self._claim(keys=[key], args=[group, name, self.claim_idle_ms, count])
+        return claimed
 
     def settle(self, key: str, group: str, name: str, ids: Sequence[bytes], idle_ms: int, leave: bool) -> None:
         self._settle(keys=[key], args=[group, name, idle_ms, int(leave), *ids])
@@ -240,8 +235,12 @@ class RedisBackend(Backend):
     def close(self) -> None:
         self._closing.set()
         self.client.close()
-        self._publisher.close()
+        self._publish_pool.disconnect()
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
         return f"<RedisBackend {kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db')}>"
+
+
+def _unparsed(response: Any, **options: Any) -> Any:
+    return response

@@ -65,11 +65,11 @@ class RedisConsumer(BackendConsumer):
                 return []
         if not reply:
             return []
-        entries = reply[0][1]
+        entries = reply[0][1]  # [[entry id, [field, value, ...]], ...]: unparsed (see RedisBackend)
         deliver = self._delivery
         deliveries = [deliver(entry_id, fields, 1) for entry_id, fields in entries]
         with self._lock:
-            self._held.update([entry_id for entry_id, _ in entries])
+            self._held.update([entry[0] for entry in entries])
         return deliveries
 
     def _sweep(self, max_messages: int) -> list[Delivery]:
@@ -85,25 +85,37 @@ class RedisConsumer(BackendConsumer):
         if not claimed:
             return []
         deliver = self._delivery
-        deliveries = [deliver(entry_id, dict(zip(flat[::2], flat[1::2])), count) for entry_id, count, flat in claimed]
+        deliveries = [deliver(entry_id, fields, count) for entry_id, count, fields in claimed]
         with self._lock:
             self._held.update([entry[0] for entry in claimed])
         return deliveries
 
-    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> Delivery:
-        backend = self._backend
-        mid = fields.pop(_ID, None)
-        body = fields.pop(backend.body_field, b"")
-        key = fields.pop(backend.key_field, None)
-        if fields:
-            headers: Any = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    def _delivery(self, entry_id: bytes, fields: list[bytes], attempt: int) -> Delivery:
+        """A Delivery from an entry's flat field list (see the package docstring for the layout)."""
+        body_field = self._backend.body_field
+        if len(fields) == 4 and fields[0] == _ID and fields[2] == body_field:  # what bridgeq writes
+            mid: bytes | None = fields[1]
+            body: bytes = fields[3]
+            key = None
+            headers: Any = EMPTY_HEADERS
         else:
-            headers = EMPTY_HEADERS
+            mid, body, key, headers = None, b"", None, {}
+            key_field = self._backend.key_field
+            pairs = iter(fields)
+            for name, value in zip(pairs, pairs, strict=True):
+                if name == _ID:
+                    mid = value
+                elif name == body_field:
+                    body = value
+                elif name == key_field:
+                    key = value.decode(errors="replace")
+                else:
+                    headers[name.decode(errors="replace")] = value.decode(errors="replace")
         return Delivery(
             f"{self._key}-{entry_id.decode()}" if mid is None else mid.decode(errors="replace"),
             body,
-            headers,
-            None if key is None else key.decode(errors="replace"),
+            headers or EMPTY_HEADERS,
+            key,
             self._topic,
             self._group,
             attempt,

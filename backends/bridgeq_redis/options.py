@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +23,7 @@ class RedisOptions:
         30000, "an unacked entry idle this long (its consumer died) is claimed by another member; crash redelivery time"
     )
     renew: bool = option(
-        True, "while a consumer lives, renew its claim on unacked entries every claim_idle_ms/3 (slow handlers keep them)"
+        True, "renew the claim on a live consumer's unacked entries every claim_idle_ms/3: slow handlers keep them"
     )
     group_start: Literal["earliest", "latest"] = option(
         "earliest", "where a new group starts: 'earliest' also reads entries already in the stream, 'latest' only new"
@@ -51,5 +52,9 @@ class RedisOptions:
             raise ConfigError(f"options 'body_field' and 'key_field' must not be {ID_HEADER!r} (the message id)")
         if not 0 < self.max_message_size <= REDIS_MAX_BULK:
             raise ConfigError(f"option 'max_message_size' must be 1 to {REDIS_MAX_BULK}; got {self.max_message_size}")
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"option {name!r}: no such file {path[:200]!r}")
         if self.socket_timeout <= 0 or self.connect_timeout <= 0:
             raise ConfigError("options 'socket_timeout' and 'connect_timeout' must be positive")

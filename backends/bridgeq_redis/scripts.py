@@ -27,7 +27,7 @@ for i, p in ipairs(idle) do
 end
 local out = {}
 for _, e in ipairs(redis.call('XCLAIM', key, group, me, ARGV[3], unpack(ids))) do
-  if e[2] then out[#out + 1] = {e[1], counts[e[1]], e[2]} end  -- trimmed entries leave the PEL
+  if e and e[2] then out[#out + 1] = {e[1], counts[e[1]], e[2]} end  -- trimmed: gone from the PEL
 end
 for owner in pairs(owners) do
   if owner ~= me and #redis.call('XPENDING', key, group, '-', '+', 1, owner) == 0 then
@@ -46,16 +46,21 @@ local key, group, me = KEYS[1], ARGV[1], ARGV[2]
 local mine = {}
 for i = 5, #ARGV do
   local p = redis.call('XPENDING', key, group, ARGV[i], ARGV[i], 1)[1]
-  if p and p[2] == me and p[3] < %(handed_back)d then mine[#mine + 1] = ARGV[i] end
+  if p and p[2] == me and p[3] < HANDED_BACK then mine[#mine + 1] = ARGV[i] end
 end
 for i = 1, #mine, 1000 do
-  redis.call('XCLAIM', key, group, me, 0, unpack(mine, i, math.min(i + 999, #mine)), 'IDLE', ARGV[3], 'JUSTID')
+  local args = {'XCLAIM', key, group, me, 0}
+  for j = i, math.min(i + 999, #mine) do args[#args + 1] = mine[j] end
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = ARGV[3]
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))  -- (unpack() expands only as the last argument of a call)
 end
 if ARGV[4] == '1' and #redis.call('XPENDING', key, group, '-', '+', 1, me) == 0 then
   redis.call('XGROUP', 'DELCONSUMER', key, group, me)
 end
 return #mine
-""" % {"handed_back": REQUEUED_IDLE_MS // 2}
+""".replace("HANDED_BACK", str(REQUEUED_IDLE_MS // 2))
 
 DECLARE_TOPIC = """
 -- KEYS[1] stream: create it empty if missing (no entry added); error if the key is not a stream

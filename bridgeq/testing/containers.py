@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+from typing import Any
 
 from bridgeq.testing.targets import Target, url_env
 
@@ -33,8 +34,8 @@ def start(backend: str) -> Target:
     return Target(backend, starter())
 
 
-def _keep(container: object) -> None:
-    atexit.register(getattr(container, "stop"))
+def _keep(container: Any) -> None:
+    atexit.register(container.stop)
 
 
 def _redis() -> str:

@@ -12,6 +12,7 @@ as passed and never as an ordinary skip.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -43,7 +44,11 @@ def _targets(config: pytest.Config) -> list[Target]:
     if cached is None:
         urls = config.getoption("bridgeq_url")
         if urls:
-            cached = [Target(parse(url).scheme if len(urls) == 1 else f"{parse(url).scheme}{i}", url) for i, url in enumerate(urls)]
+            schemes = [parse(url).scheme for url in urls]
+            cached = [
+                Target(s if len(urls) == 1 else f"{s}{i}", url)
+                for i, (s, url) in enumerate(zip(schemes, urls, strict=True))
+            ]
         else:
             names = config.getoption("bridgeq_backends") or config.getini("bridgeq_backends")
             cached = [Target(name.strip(), None, "pending") for name in str(names).split(",") if name.strip()]
@@ -123,10 +128,8 @@ def names(broker: bridgeq.Broker) -> Iterator[Names]:
     if broker.closed:
         return
     for name in made.made():
-        try:
+        with contextlib.suppress(bridgeq.BridgeqError):
             broker.delete(name)
-        except bridgeq.BridgeqError:
-            pass
 
 
 class Size:

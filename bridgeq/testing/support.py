@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from bridgeq.message import Delivery
 from bridgeq.subscription import Subscription
 
-PATIENCE = 30.0
-"""Seconds a case waits for messages that must arrive (it returns as soon as they do)."""
+
+def patience() -> float:
+    """Seconds a case waits for messages that must arrive (it returns as soon as they do)."""
+    return float(os.environ.get("BRIDGEQ_TEST_PATIENCE", "30"))
 
 
 def collect(
-    sub: Subscription, count: int, *, ack: bool = True, patience: float = PATIENCE, batch: int = 100
+    sub: Subscription, count: int, *, ack: bool = True, wait: float | None = None, batch: int = 100
 ) -> list[Delivery]:
-    """Receive until ``count`` deliveries arrived or ``patience`` ran out; ack each if asked."""
+    """Receive until ``count`` deliveries arrived or ``wait`` (default: patience()) ran out; ack each if asked."""
     got: list[Delivery] = []
-    deadline = time.monotonic() + patience
+    deadline = time.monotonic() + (patience() if wait is None else wait)
     while len(got) < count:
         left = deadline - time.monotonic()
         if left <= 0:

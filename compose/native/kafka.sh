@@ -102,6 +102,8 @@ EOF
     cat >"$LOG4J" <<'EOF'
 # Written by compose/native/kafka.sh: everything to stdout, which goes to kafka.log.
 status = warn
+# Kafka logs its own shutdown from its shutdown hook; keep log4j alive for it.
+shutdownHook = disable
 appender.out.type = Console
 appender.out.name = STDOUT
 appender.out.layout.type = PatternLayout
@@ -134,6 +136,7 @@ format_storage_once() {
 # api_versions_ok : send a Kafka ApiVersions v0 request over /dev/tcp and
 # check the answer (matching correlation id, error_code 0). No client needed.
 api_versions_ok() {
+    # shellcheck disable=SC2016  # the inner script expands its own $0 $1
     timeout 5 bash -c '
         exec 3<>"/dev/tcp/$0/$1" || exit 1
         # size=12 | api_key=18 ApiVersions | version=0 | correlation_id=7 | client_id="bq"
@@ -189,6 +192,10 @@ do_start() {
     done
     write_config
     format_storage_once
+    # Keep the log bounded across many restarts: one old generation.
+    if [ -f "$LOGFILE" ] && [ "$(stat -c %s "$LOGFILE")" -gt $((20 * 1024 * 1024)) ]; then
+        mv -f "$LOGFILE" "$LOGFILE.1"
+    fi
     touch "$LOGFILE"
     offset="$(stat -c %s "$LOGFILE")"
     rm -f "$PIDFILE"

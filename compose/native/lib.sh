@@ -11,7 +11,7 @@ die() { printf '[bridgeq-%s] ERROR: %s\n' "${BQ_NAME:-native}" "$*" >&2; exit 1;
 
 # Seconds since the epoch with sub-second precision (for start-time reports).
 now() { date +%s.%N; }
-elapsed_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+elapsed_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 need_root() {
     [ "$(id -u)" = 0 ] || die "installing packages needs root (run as root or with sudo)"
@@ -88,6 +88,7 @@ wait_for() {
     local deadline=$((SECONDS + timeout))
     while ! "$@" >/dev/null 2>&1; do
         if [ "$SECONDS" -ge "$deadline" ]; then
+            log "timed out after ${timeout}s waiting for $what"
             return 1
         fi
         sleep 0.2

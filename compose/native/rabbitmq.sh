@@ -42,6 +42,8 @@ as_rmq() {
         RABBITMQ_MNESIA_BASE="$DIR/mnesia" \
         RABBITMQ_LOG_BASE="$DIR/log" \
         RABBITMQ_PID_FILE="$PIDFILE" \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+        ERL_EPMD_ADDRESS=127.0.0.1 \
         "$RMQ_BIN/$prog" "$@")
 }
 rmqctl() { as_rmq 120 rabbitmqctl "$@"; }
@@ -77,7 +79,7 @@ stop_distro_service_if_conflicting() {
     elif [ -x /etc/init.d/rabbitmq-server ]; then
         timeout "$STOP_TIMEOUT" /etc/init.d/rabbitmq-server stop >&2 || true
     fi
-    pid_alive "$dpid" && kill "$dpid" 2>/dev/null || true
+    if pid_alive "$dpid"; then kill "$dpid" 2>/dev/null || true; fi
     wait_pid_exit "$dpid" "$STOP_TIMEOUT" || die "the Debian rabbitmq-server (pid $dpid) did not stop within ${STOP_TIMEOUT}s"
 }
 

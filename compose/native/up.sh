@@ -23,6 +23,9 @@ for b in "${brokers[@]}"; do
     esac
 done
 
+# shell-quote for the export lines: 'value' with embedded ' escaped
+sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
 exports=()
 for b in "${brokers[@]}"; do
     script="$HERE/$b.sh"
@@ -31,8 +34,8 @@ for b in "${brokers[@]}"; do
     bash "$script" start
     log "$b up in $(elapsed_since "$t0")s (install+start)"
     upper="$(tr '[:lower:]' '[:upper:]' <<<"$b")"
-    exports+=("export BRIDGEQ_TEST_${upper}_URL=$(printf '%q' "$(bash "$script" url)")")
-    exports+=("export BRIDGEQ_TEST_RESTART_${upper}=$(printf '%q' "bash $(printf '%q' "$script") restart")")
+    exports+=("export BRIDGEQ_TEST_${upper}_URL=$(sq "$(bash "$script" url)")")
+    exports+=("export BRIDGEQ_TEST_RESTART_${upper}=$(sq "bash $(printf '%q' "$script") restart")")
 done
 
 # Carry the settings the scripts were run with, so that the restart commands
@@ -40,7 +43,7 @@ done
 for v in BRIDGEQ_STATE_DIR BRIDGEQ_CACHE_DIR BRIDGEQ_REDIS_PORT BRIDGEQ_RABBITMQ_PORT \
          BRIDGEQ_RABBITMQ_NODENAME BRIDGEQ_KAFKA_PORT BRIDGEQ_KAFKA_CONTROLLER_PORT BRIDGEQ_KAFKA_VERSION; do
     if [ -n "${!v:-}" ]; then
-        exports=("export $v=$(printf '%q' "${!v}")" "${exports[@]}")
+        exports=("export $v=$(sq "${!v}")" "${exports[@]}")
     fi
 done
 printf '%s\n' "${exports[@]}"

@@ -82,8 +82,10 @@ def broker(redis_url: str) -> Iterator[bridgeq.Broker]:
         yield b
 
 
-def query(url: str) -> dict[str, str]:
-    return dict(parse_qsl(urlsplit(url).query))
+@pytest.fixture
+def claim_idle_s(redis_url: str) -> float:
+    """The claim_idle_ms of the test URL, in seconds."""
+    return int(dict(parse_qsl(urlsplit(redis_url).query))["claim_idle_ms"]) / 1000
 
 
 # -- a private server for password and TLS tests (never the shared one) ---------------------

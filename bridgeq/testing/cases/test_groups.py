@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import bridgeq
-from bridgeq.testing.support import collect, quiet
+from bridgeq.testing.support import collect, patience, quiet
 
 
 def test_fan_out_to_two_groups_while_both_are_offline(broker, names, size):
@@ -142,6 +142,6 @@ def test_per_key_order_of_first_deliveries_survives_redelivery(broker, names, si
 
 def _until(sub, count, seen):
     while len(seen) < count:
-        batch = sub.receive_batch(10, timeout=30)
+        batch = sub.receive_batch(10, timeout=patience())
         assert batch, "messages stopped arriving"
         yield from batch

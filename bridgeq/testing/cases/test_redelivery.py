@@ -12,7 +12,7 @@ import pytest
 
 import bridgeq
 from bridgeq import wire
-from bridgeq.testing.support import collect, quiet
+from bridgeq.testing.support import collect, patience, quiet
 
 
 def _declared(broker, names, count=1, **publish):
@@ -92,7 +92,7 @@ def test_poison_message_never_blocks_the_others(broker, names, size):
         handled.append(delivery.id)
 
     with broker.subscribe(topic, group, max_deliveries=2, prefetch=5) as sub:
-        sub.run(handler, stop_after=len(good) + 2)
+        sub.run(handler, stop_after=len(good) + 2, idle_timeout=patience())
         assert quiet(sub, 0.5) == []
     assert sorted(handled) == sorted(good)
     with broker.subscribe(wire.dead_letter_topic(topic, group), group) as dlq:
@@ -115,16 +115,16 @@ def test_unacked_messages_come_back_after_close(broker, names, size):
 def test_repeated_open_read_close_cycles_lose_nothing(broker, names, size):
     topic, group, ids = _declared(broker, names, size.n(60, 1000))
     seen: set[str] = set()
-    for cycle in range(200):
+    cycles = 0
+    while cycles < 200 and seen != set(ids):
+        cycles += 1
         with broker.subscribe(topic, group, prefetch=7) as sub:
             batch = sub.receive_batch(7, timeout=5.0)
             for n, delivery in enumerate(batch):
                 if n < 5:  # the rest go back unacked at close
                     delivery.ack()
                     seen.add(delivery.id)
-        if seen == set(ids):
-            break
-    assert seen == set(ids), f"lost after {cycle + 1} cycles: {len(set(ids) - seen)}"
+    assert seen == set(ids), f"lost after {cycles} cycles: {len(set(ids) - seen)}"
 
 
 def test_callback_style_acks_on_return_and_nacks_on_raise(broker, names):
@@ -137,7 +137,7 @@ def test_callback_style_acks_on_return_and_nacks_on_raise(broker, names):
             raise RuntimeError("transient")
 
     with broker.subscribe(topic, group) as sub:
-        assert sub.run(handler, stop_after=6) == 6
+        assert sub.run(handler, stop_after=6, idle_timeout=patience()) == 6
         assert quiet(sub, 1.0) == []
     assert sorted({mid for mid, _ in calls}) == sorted(ids)
     assert [mid for mid, _ in calls].count(ids[2]) == 2
@@ -176,9 +176,9 @@ def test_consumer_killed_with_sigkill_has_its_messages_redelivered(broker, broke
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-    patience = broker.capabilities.crash_redelivery_seconds + 30
+    wait = broker.capabilities.crash_redelivery_seconds + patience()
     with broker.subscribe(topic, group, prefetch=100) as sub:
-        got = collect(sub, 100, patience=patience)
+        got = collect(sub, 100, wait=wait)
     assert sorted(d.id for d in got) == sorted(ids)
     if broker.capabilities.exact_delivery_count:
         assert {d.attempt for d in got} == {2}

@@ -1,0 +1,347 @@
+"""The Kafka backend: topics, groups and publishing through kafka-python's producer and admin client."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import kafka.errors as kx
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.admin import OffsetSpec
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.partitioner.abc import Partitioner
+from kafka.partitioner.default import murmur2
+from kafka.structs import OffsetAndMetadata
+
+from bridgeq.errors import BridgeqError, ClosedError, ConfigError, PublishError
+from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
+from bridgeq.wire import ID_HEADER
+from bridgeq_kafka.consumer import KafkaMember
+from bridgeq_kafka.errors import ERRORS, REBALANCING
+from bridgeq_kafka.ledger import acked_count
+from bridgeq_kafka.options import KafkaOptions
+
+T = TypeVar("T")
+DEFAULT_PORT = 9092
+ASSIGNORS = {
+    "range": RangePartitionAssignor,
+    "roundrobin": RoundRobinPartitionAssignor,
+    "cooperative-sticky": CooperativeStickyAssignor,
+}
+
+
+class KafkaBackend(Backend):
+    """``kafka://host:port[,host:port...]``: one producer and one admin client, made on first use."""
+
+    options_type = KafkaOptions
+
+    def __init__(self, url: BrokerURL, options: object) -> None:
+        assert isinstance(options, KafkaOptions)
+        self._options = options
+        self._common = _client_config(url, options)  # holds the password: never logged or shown
+        self._frame = max(1 << 20, options.max_message_size + (64 << 10))
+        self.capabilities = Capabilities(
+            consumer_groups=True,
+            persistent=True,
+            replay=options.group_start == "earliest",
+            ordered_per_key=options.acks == "all",  # idempotent producer: retries cannot reorder
+            crash_redelivery=True,
+            crash_redelivery_seconds=(options.session_timeout_ms + options.heartbeat_interval_ms) / 1000 + 5,
+            exact_delivery_count=False,
+            depth=True,
+            max_message_size=options.max_message_size,
+            stable_foreign_ids=True,
+        )
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+        self._admin: KafkaAdminClient | None = None
+        self._known: set[str] = set()  # topics this backend made sure exist
+        self._closed = False
+
+    # -- clients, made on first use --------------------------------------------------------
+
+    def _get_admin(self) -> KafkaAdminClient:
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the kafka backend is closed")
+            if self._admin is None:
+                with translate_errors(ERRORS, "connecting to Kafka"):
+                    self._admin = KafkaAdminClient(**self._common)
+            return self._admin
+
+    def _get_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the kafka backend is closed")
+            if self._producer is None:
+                with translate_errors(ERRORS, "connecting to Kafka"):
+                    try:
+                        self._producer = KafkaProducer(
+                            **self._common, **self.producer_settings(), partitioner=RunPartitioner()
+                        )
+                    except (ValueError, RuntimeError) as exc:  # e.g. a codec whose library is missing
+                        raise ConfigError(f"kafka producer: {exc}") from exc
+            return self._producer
+
+    @property
+    def options(self) -> KafkaOptions:
+        return self._options
+
+    def client_settings(self) -> dict[str, Any]:
+        """kafka-python settings for any client of this broker: servers, timeouts, TLS, SASL (with the password)."""
+        return dict(self._common)
+
+    def producer_settings(self) -> dict[str, Any]:
+        """The producer settings publishing uses, beyond :meth:`client_settings` (benchmarks reuse them)."""
+        opts = self._options
+        return {
+            "acks": "all" if opts.acks == "all" else 1,
+            "enable_idempotence": opts.acks == "all",
+            "compression_type": None if opts.compression == "none" else opts.compression,
+            "linger_ms": opts.linger_ms,
+            "batch_size": opts.batch_size,
+            "max_request_size": self._frame,
+            "max_block_ms": opts.timeout_ms,
+            "delivery_timeout_ms": opts.timeout_ms + opts.linger_ms,
+        }
+
+    def _name(self, name: str) -> str:
+        return self._options.prefix + name
+
+    def _retry(self, call: Callable[..., T], *args: Any) -> T:
+        """An idempotent admin call, retried while the broker says "not now" (coordinator loading, ...)."""
+        deadline = time.monotonic() + self._options.timeout_ms / 1000
+        while True:
+            try:
+                return call(*args)
+            except kx.RetriableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    # -- topics and groups -----------------------------------------------------------------
+
+    def declare(self, topic: str, group: str | None) -> None:
+        with translate_errors(ERRORS, f"declaring {topic!r}" + (f" for group {group!r}" if group else "")):
+            partitions = self._ensure_topic(self._name(topic))
+            if group is not None:
+                self._ensure_group(self._name(group), partitions)
+
+    def _ensure_topic(self, name: str) -> list[TopicPartition]:
+        """Create the topic unless it exists; its partitions once every one has a leader."""
+        admin = self._get_admin()
+        spec = {
+            "num_partitions": self._options.partitions,
+            "replication_factor": self._options.replication_factor or -1,
+        }
+        [result] = admin.create_topics({name: spec}, timeout_ms=self._options.timeout_ms, raise_errors=False)["topics"]
+        if result["error_code"] not in (0, kx.TopicAlreadyExistsError.errno):
+            raise kx.for_code(result["error_code"])(result.get("error_message") or name)
+        deadline = time.monotonic() + self._options.timeout_ms / 1000
+        while True:
+            partitions = self._partitions(name)
+            if partitions or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not partitions:
+            raise kx.KafkaTimeoutError(f"topic {name!r} has no partition with a leader yet")
+        self._known.add(name)
+        return partitions
+
+    def _partitions(self, name: str) -> list[TopicPartition]:
+        """The topic's partitions, or [] while it is missing or any partition lacks a leader."""
+        [info] = self._get_admin().describe_topics([name])
+        parts = info.get("partitions") or []
+        if info.get("error_code") or not parts or any(p["error_code"] or p["leader_id"] < 0 for p in parts):
+            return []
+        return [TopicPartition(name, p["partition_index"]) for p in parts]
+
+    def _ensure_group(self, group_id: str, partitions: list[TopicPartition]) -> None:
+        """A new group (no commits anywhere) gets commits at its start on this topic: it exists from now on.
+
+        A group that already has commits elsewhere (busy members may forbid an admin
+        commit) starts a topic it has no commits on at the beginning: a dead-letter
+        topic declared while its group works on the source topic loses nothing.
+        """
+        admin = self._get_admin()
+        if self._retry(admin.list_group_offsets, {group_id: None})[group_id]:
+            return
+        spec = OffsetSpec.EARLIEST if self._options.group_start == "earliest" else OffsetSpec.LATEST
+        starts = self._retry(admin.list_partition_offsets, {tp: spec for tp in partitions})
+        commits = {tp: OffsetAndMetadata(o.offset, "", -1) for tp, o in starts.items()}
+        result = self._retry(admin.alter_group_offsets, group_id, commits)
+        for error in result.values():
+            if error is not kx.NoError and not issubclass(error, REBALANCING):  # foreign members: it exists
+                raise error(f"starting group {group_id!r}")
+
+    def delete(self, topic: str) -> None:
+        name = self._name(topic)
+        self._known.discard(name)
+        with translate_errors(ERRORS, f"deleting {topic!r}"):
+            result = self._get_admin().delete_topics([name], timeout_ms=self._options.timeout_ms, raise_errors=False)
+            code = result["topics"][0]["error_code"]
+            if code not in (0, kx.UnknownTopicOrPartitionError.errno):
+                raise kx.for_code(code)(name)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        name = self._name(topic)
+        producer = self._get_producer()
+        if name not in self._known:
+            with translate_errors(ERRORS, f"publishing to {topic!r}"):
+                self._ensure_topic(name)
+        futures: list[Any] = []
+        unsent: BridgeqError | None = None
+        send = producer.send
+        try:
+            with translate_errors(ERRORS, f"publishing to {topic!r}"):
+                for message in messages:
+                    headers = [(ID_HEADER, message.id.encode())]
+                    if message.headers:
+                        headers.extend((k, v.encode()) for k, v in message.headers.items())
+                    key = None if message.key is None else message.key.encode()
+                    futures.append(send(name, message.body, key, headers))
+        except BridgeqError as exc:
+            if not futures:
+                raise
+            unsent = exc
+        wait = (self._options.timeout_ms + self._options.linger_ms) / 1000 + 5
+        failed: list[str] = [m.id for m in messages[len(futures) :]]
+        cause: BaseException | None = unsent
+        for message, future in zip(messages, futures, strict=False):
+            try:
+                future.get(timeout=wait)
+            except Exception as exc:
+                failed.append(message.id)
+                cause = cause or exc
+        if failed:
+            raise PublishError(
+                f"publishing to {topic!r}: {len(failed)} of {len(messages)} message(s) not confirmed: "
+                f"{type(cause).__name__}: {cause}",
+                tuple(failed),
+            ) from cause
+
+    # -- consuming and counting ------------------------------------------------------------
+
+    def consumer(self, topic: str, group: str, prefetch: int) -> BackendConsumer:
+        self.declare(topic, group)
+        opts = self._options
+        config = dict(
+            self._common,
+            group_id=self._name(group),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # only partitions the group has no commit on: added after it started
+            session_timeout_ms=opts.session_timeout_ms,
+            heartbeat_interval_ms=opts.heartbeat_interval_ms,
+            max_poll_interval_ms=opts.max_poll_interval_ms,
+            partition_assignment_strategy=[ASSIGNORS[opts.assignor]],
+            max_partition_fetch_bytes=self._frame,
+        )
+        return KafkaMember(config, self._name(topic), topic, group, close_ms=min(opts.timeout_ms, 10000))
+
+    def depth(self, topic: str, group: str) -> int | None:
+        return sum(end - settled for end, settled in self._positions(topic, group))
+
+    def totals(self, topic: str, group: str) -> Totals | None:
+        positions = self._positions(topic, group)
+        return Totals(sum(end for end, _ in positions), sum(settled for _, settled in positions))
+
+    def _positions(self, topic: str, group: str) -> list[tuple[int, int]]:
+        """(end offset, offsets settled by the group) per partition; uncommitted ones start at the beginning."""
+        with translate_errors(ERRORS, f"reading the lag of group {group!r} on {topic!r}"):
+            admin = self._get_admin()
+            partitions = self._partitions(self._name(topic))
+            if not partitions:
+                return []
+            committed = self._retry(admin.list_group_offsets, {self._name(group): None})[self._name(group)]
+            known = {tp: c for tp, c in committed.items() if c.offset >= 0 and tp.topic == partitions[0].topic}
+            ends = self._retry(admin.list_partition_offsets, {tp: OffsetSpec.LATEST for tp in partitions})
+            if not committed:  # a group never declared: nothing waits for it
+                return [(ends[tp].offset, ends[tp].offset) for tp in partitions]
+            missing = [tp for tp in partitions if tp not in known]
+            earliest = {tp: OffsetSpec.EARLIEST for tp in missing}
+            starts = self._retry(admin.list_partition_offsets, earliest) if missing else {}
+        positions = []
+        for tp in partitions:
+            end = ends[tp].offset
+            mark = known[tp].offset + acked_count(known[tp].metadata or "") if tp in known else starts[tp].offset
+            positions.append((end, min(mark, end)))
+        return positions
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            producer, admin, self._producer, self._admin = self._producer, self._admin, None, None
+        try:
+            if producer is not None:
+                producer.close(timeout=self._options.timeout_ms / 1000)
+        finally:
+            if admin is not None:
+                admin.close()
+
+
+class RunPartitioner(Partitioner):
+    """A keyed record goes where Kafka's default (Java's too) puts it: murmur2 of the key. Keyless
+    records go in runs of ``RUN`` to one partition with a leader, then the next: full batches, and
+    no per-record choice (kafka-python's default picks at random for every record)."""
+
+    RUN = 256
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        self._current: dict[str, tuple[int, int]] = {}  # topic -> (run, partition)
+
+    def partition(
+        self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any, cluster: Any
+    ) -> int:
+        if serialized_key is not None:
+            ordered = sorted(cluster.partitions_for_topic(topic))
+            return ordered[(murmur2(serialized_key) & 0x7FFFFFFF) % len(ordered)]
+        run = next(self._count) // self.RUN
+        current = self._current.get(topic)
+        if current is None or current[0] != run:
+            ordered = sorted(cluster.available_partitions_for_topic(topic) or cluster.partitions_for_topic(topic))
+            current = self._current[topic] = (run, ordered[run % len(ordered)])
+        return current[1]
+
+
+def _client_config(url: BrokerURL, options: KafkaOptions) -> dict[str, Any]:
+    """Settings every client shares: brokers, timeouts and security (with the password)."""
+    if not url.hosts:
+        raise ConfigError("kafka:// URLs need at least one host[:port], e.g. kafka://localhost:9092")
+    if url.path:
+        raise ConfigError("kafka:// URLs take no path; topics are named in calls")
+    servers = [
+        f"[{h.name}]:{h.port or DEFAULT_PORT}" if ":" in h.name else f"{h.name}:{h.port or DEFAULT_PORT}"
+        for h in url.hosts
+    ]
+    has_credentials = url.username is not None or url.password is not None
+    protocol = options.security_protocol or ("SASL_SSL" if has_credentials else "PLAINTEXT")
+    if protocol.startswith("SASL_") != has_credentials:
+        raise ConfigError(
+            f"security_protocol {protocol} needs user:password in the URL"
+            if not has_credentials
+            else f"credentials in the URL need security_protocol SASL_SSL or SASL_PLAINTEXT, not {protocol}"
+        )
+    config: dict[str, Any] = {
+        "bootstrap_servers": servers,
+        "client_id": options.client_id,
+        "request_timeout_ms": options.timeout_ms,
+        "bootstrap_timeout_ms": options.timeout_ms,
+        "security_protocol": protocol,
+        "ssl_check_hostname": options.ssl_check_hostname,
+        "ssl_cafile": options.ssl_cafile,
+        "ssl_certfile": options.ssl_certfile,
+        "ssl_keyfile": options.ssl_keyfile,
+    }
+    if has_credentials:
+        config["sasl_mechanism"] = options.sasl_mechanism or "PLAIN"
+        config["sasl_plain_username"] = url.username or ""
+        config["sasl_plain_password"] = url.password or ""
+    return config

@@ -1,0 +1,359 @@
+"""kafka:// through bridgeq against raw kafka-python on the same broker, in one run.
+
+    python benchmarks/bench_kafka.py --url kafka://127.0.0.1:9092 [--messages N] [--batch B]
+                                     [--size BYTES] [--rounds R] [--samples S] [--json]
+
+Rows (throughput rows: the median of ``--rounds`` interleaved rounds, bridgeq and raw alternating):
+
+- batch produce: ``broker.publish_batch`` of ``--batch`` messages at a time vs ``KafkaProducer.send``
+  of as many and ``flush()``; both wait for every acknowledgement before the next batch;
+- the same, raw sending bridgeq's exact record (with its ``ce_id`` header): what bridgeq costs
+  beyond its wire format;
+- single publish: ``broker.publish`` vs ``send(...).get()``, one message in flight;
+- consume + ack: ``receive_batch(B)`` + ``d.ack()`` (one commit per batch) vs ``poll(max_records=B)``
+  + ``commit()``, two fresh groups reading the same topic filled by bridgeq, timed from the first
+  batch (joining is its own row);
+- publish->receive latency p50/p99: one message in flight, the consumer in its own process;
+- group join: from creating a consumer of a fresh group to its first record (a message waits).
+
+Both sides use the same producer settings (acks=all, idempotent, the URL's batch_size and
+linger_ms, max_request_size); raw keeps kafka-python's default partitioner. The raw side
+sends the body as the record value and nothing else; bridgeq adds its id header (``ce_id``,
+32 bytes): the first row measures what each costs as a user would write it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import kafka
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+import bridgeq
+from bridgeq.url import parse
+
+
+def rate(count: int, run: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+class Bench:
+    def __init__(self, url: str, messages: int, batch: int, size: int) -> None:
+        self.url = url
+        self.broker = bridgeq.connect(url)
+        backend: Any = self.broker.backend
+        self.common: dict[str, Any] = backend.client_settings()
+        self.producer_settings: dict[str, Any] = backend.producer_settings()
+        self.prefix: str = backend.options.prefix
+        self.raw = KafkaProducer(**self.common, **self.producer_settings)
+        self.admin = KafkaAdminClient(**self.common)
+        self.messages, self.batch, self.body = messages, batch, b"x" * size
+        self.topics: list[str] = []
+
+    def topic(self) -> str:
+        name = f"bench-kafka-{uuid.uuid4().hex[:8]}"
+        self.topics.append(name)
+        self.broker.declare(name)
+        return name
+
+    def close(self) -> None:
+        for name in self.topics:
+            self.broker.delete(name)
+        self.broker.close()
+        self.raw.close()
+        self.admin.close()
+
+    # -- produce -------------------------------------------------------------------------
+
+    def produce_bridgeq(self) -> float:
+        topic, body, batch, publish_batch = self.topic(), self.body, self.batch, self.broker.publish_batch
+        return rate(
+            self.messages,
+            lambda: [publish_batch(topic, [body] * batch) for _ in range(self.messages // batch)] and None,
+        )
+
+    def produce_raw(self, with_id: bool = False) -> float:
+        name, body, batch, send = self.prefix + self.topic(), self.body, self.batch, self.raw.send
+
+        def run() -> None:
+            for _ in range(self.messages // batch):
+                if with_id:
+                    for _ in range(batch):
+                        send(name, body, None, [("ce_id", uuid.uuid4().hex.encode())])
+                else:
+                    for _ in range(batch):
+                        send(name, body)
+                self.raw.flush()
+
+        return rate(self.messages, run)
+
+    def single_bridgeq(self, n: int) -> float:
+        topic, body, publish = self.topic(), self.body, self.broker.publish
+        return rate(n, lambda: [publish(topic, body) for _ in range(n)] and None)
+
+    def single_raw(self, n: int) -> float:
+        name, body, send = self.prefix + self.topic(), self.body, self.raw.send
+        return rate(n, lambda: [send(name, body).get(30) for _ in range(n)] and None)
+
+    # -- consume -------------------------------------------------------------------------
+
+    def filled(self) -> str:
+        """A topic of ``messages`` bridgeq records, with groups 'bq' and 'raw' at its start."""
+        topic = self.topic()
+        self.broker.declare(topic, "bq")
+        self.broker.declare(topic, "raw")
+        for _ in range(self.messages // self.batch):
+            self.broker.publish_batch(topic, [self.body] * self.batch)
+        return topic
+
+    def consume_bridgeq(self, topic: str) -> float:
+        batch = self.batch_consume
+        with self.broker.subscribe(topic, "bq", prefetch=batch, max_deliveries=None) as sub:
+            got = sub.receive_batch(batch, timeout=30)
+            started = time.perf_counter()
+            received = len(got)
+            while True:
+                for delivery in got:
+                    delivery.ack()
+                if received >= self.messages:
+                    break
+                got = sub.receive_batch(batch, timeout=5)
+                if not got:
+                    raise TimeoutError(f"only {received} of {self.messages} came back")
+                received += len(got)
+            sub.flush()
+            result = received / (time.perf_counter() - started)
+        assert self.broker.depth(topic, "bq") == 0
+        return result
+
+    def consume_raw(self, topic: str) -> float:
+        batch = self.batch_consume
+        consumer = KafkaConsumer(
+            **self.common, group_id=self.prefix + "raw", enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        consumer.subscribe([self.prefix + topic])
+        try:
+            polled: dict[Any, list[Any]] = {}
+            while not polled:
+                polled = consumer.poll(timeout_ms=100, max_records=batch)
+            started = time.perf_counter()
+            received = sum(map(len, polled.values()))
+            while True:
+                consumer.commit()
+                if received >= self.messages:
+                    break
+                polled = consumer.poll(timeout_ms=5000, max_records=batch)
+                if not polled:
+                    raise TimeoutError(f"only {received} of {self.messages} came back")
+                received += sum(map(len, polled.values()))
+            result = received / (time.perf_counter() - started)
+        finally:
+            consumer.close(autocommit=False)
+        assert self.broker.depth(topic, "raw") == 0
+        return result
+
+    batch_consume = 500
+
+    # -- latency and joining -------------------------------------------------------------
+
+    def latency(self, side: str, samples: int) -> list[float]:
+        """Milliseconds from publish to receive, one message in flight, the consumer in its own process
+        (so it never waits for this process's GIL); both read time.perf_counter (CLOCK_MONOTONIC)."""
+        topic = self.topic()
+        self.broker.declare(topic, "lat")
+        if side == "bridgeq":
+            send: Callable[[str], Any] = lambda sent: self.broker.publish(topic, self.body, headers={"sent": sent})  # noqa: E731
+        else:
+            name = self.prefix + topic
+            send = lambda sent: self.raw.send(name, self.body, None, [("sent", sent.encode())]).get(30)  # noqa: E731
+        child = subprocess.Popen(
+            [sys.executable, "-c", LATENCY_CONSUMER, side, self.url, topic, self.prefix, str(samples)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the consumer is waiting in its poll
+        latencies = []
+        for _ in range(samples):
+            send(repr(time.perf_counter()))
+            latencies.append(float(child.stdout.readline()))
+            time.sleep(0.001)
+        child.wait(30)
+        return latencies
+
+    def join_bridgeq(self) -> float:
+        topic, group = self.topic(), f"join-{uuid.uuid4().hex[:8]}"
+        self.broker.declare(topic, group)
+        self.broker.publish(topic, self.body)
+        started = time.perf_counter()
+        with self.broker.subscribe(topic, group) as sub:
+            delivery = sub.receive(timeout=30)
+            elapsed = time.perf_counter() - started
+            assert delivery is not None
+            delivery.ack()
+        return elapsed * 1000
+
+    def join_raw(self) -> float:
+        topic = self.topic()
+        self.broker.publish(topic, self.body)
+        started = time.perf_counter()
+        consumer = KafkaConsumer(
+            **self.common,
+            group_id=f"{self.prefix}join-{uuid.uuid4().hex[:8]}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        consumer.subscribe([self.prefix + topic])
+        while not consumer.poll(timeout_ms=100, max_records=1):
+            pass
+        elapsed = time.perf_counter() - started
+        consumer.close(autocommit=False)
+        return elapsed * 1000
+
+
+LATENCY_CONSUMER = """
+import sys, time
+side, url, topic, prefix, samples = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+import bridgeq
+broker = bridgeq.connect(url)
+if side == "bridgeq":
+    sub = broker.subscribe(topic, "lat")
+    sub.receive(timeout=1.0)
+    print("ready", flush=True)
+    for _ in range(samples):
+        d = sub.receive(timeout=10)
+        print((time.perf_counter() - float(d.headers["sent"])) * 1000, flush=True)
+        d.ack()
+    sub.close()
+else:
+    from kafka import KafkaConsumer
+    c = KafkaConsumer(**broker.backend.client_settings(), group_id=prefix + "lat", enable_auto_commit=False)
+    c.subscribe([prefix + topic])
+    deadline = time.monotonic() + 30
+    while not c.assignment() and time.monotonic() < deadline:
+        c.poll(timeout_ms=100)
+    print("ready", flush=True)
+    done = 0
+    while done < samples:
+        for records in c.poll(timeout_ms=100).values():
+            for r in records:
+                sent = float(dict(r.headers)["sent"])
+                print((time.perf_counter() - sent) * 1000, flush=True)
+                done += 1
+            c.commit()
+    c.close(autocommit=False)
+broker.close()
+"""
+
+
+def quantile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def broker_version(admin: KafkaAdminClient) -> str:
+    """The broker's software version, read from its config (kafka-python only knows the protocol level)."""
+    try:
+        from kafka.admin import ConfigResource, ConfigResourceType
+
+        [node] = [b["node_id"] for b in admin.describe_cluster()["brokers"]][:1]
+        result = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(node))])
+        text = json.dumps(result, default=str)
+        marker = '"inter.broker.protocol.version"'
+        return text.split(marker, 1)[1].split('"value": "', 1)[1].split('"', 1)[0] if marker in text else "?"
+    except Exception:
+        return "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="kafka://127.0.0.1:9092")
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=10_000, help="messages per publish_batch / flush")
+    parser.add_argument("--consume-batch", type=int, default=500, help="receive_batch / poll size (and prefetch)")
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--single", type=int, default=2_000, help="messages for the single-publish row")
+    parser.add_argument("--samples", type=int, default=1_000, help="latency samples")
+    parser.add_argument("--joins", type=int, default=5, help="group joins timed per side")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    args.messages -= args.messages % args.batch
+    bench = Bench(args.url, args.messages, args.batch, args.size)
+    bench.batch_consume = args.consume_batch
+    rows: dict[str, tuple[list[float], list[float]]] = {
+        f"batch produce, {args.batch}/flush (msg/s)": ([], []),
+        "batch produce, raw with the same ce_id header (msg/s)": ([], []),
+        "single publish (msg/s)": ([], []),
+        f"consume + ack, {args.consume_batch}/commit (msg/s)": ([], []),
+    }
+    produce, produce_same, single, consume = rows.values()
+    try:
+        version = broker_version(bench.admin)
+        bench.produce_bridgeq(), bench.produce_raw(), bench.produce_raw(with_id=True)  # warm-up
+        for _ in range(args.rounds):
+            produce[0].append(bench.produce_bridgeq())
+            produce[1].append(bench.produce_raw())
+            produce_same[0].append(produce[0][-1])
+            produce_same[1].append(bench.produce_raw(with_id=True))
+            single[0].append(bench.single_bridgeq(args.single))
+            single[1].append(bench.single_raw(args.single))
+            topic = bench.filled()
+            consume[0].append(bench.consume_bridgeq(topic))
+            consume[1].append(bench.consume_raw(topic))
+        lat_bq, lat_raw = bench.latency("bridgeq", args.samples), bench.latency("raw", args.samples)
+        joins_bq = [bench.join_bridgeq() for _ in range(args.joins)]
+        joins_raw = [bench.join_raw() for _ in range(args.joins)]
+    finally:
+        bench.close()
+    result: dict[str, Any] = {
+        "url": str(parse(args.url)),
+        "kafka_python": kafka.__version__,
+        "broker_protocol": version,
+        "messages": args.messages,
+        "batch": args.batch,
+        "size": args.size,
+        "rounds": args.rounds,
+        "rows": [],
+    }
+    for name, (ours, theirs) in rows.items():
+        b, r = statistics.median(ours), statistics.median(theirs)
+        result["rows"].append({"row": name, "bridgeq": b, "raw": r, "ratio": b / r})
+    # Times: lower is better, so the ratio is raw / bridgeq (>= 1 means bridgeq is faster).
+    for q in (50, 99):
+        b, r = quantile(lat_bq, q), quantile(lat_raw, q)
+        result["rows"].append({"row": f"publish->receive p{q} (ms, ratio raw/bridgeq)", "bridgeq": b, "raw": r,
+                               "ratio": r / b})  # fmt: skip
+    b, r = statistics.median(joins_bq), statistics.median(joins_raw)
+    result["rows"].append({"row": "group join to first record (ms, ratio raw/bridgeq)", "bridgeq": b, "raw": r,
+                           "ratio": r / b})  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(
+        title=f"bridgeq kafka:// vs raw kafka-python {kafka.__version__}, {result['url']} (protocol {version}), "
+        f"{args.messages:,} messages of {args.size} B, median of {args.rounds} rounds"
+    )
+    table.add_column("row")
+    table.add_column("bridgeq", justify="right")
+    table.add_column("raw kafka-python", justify="right")
+    table.add_column("ratio", justify="right")
+    for row in result["rows"]:
+        fmt = "{:,.2f}" if "(ms," in row["row"] else "{:,.0f}"
+        table.add_row(row["row"], fmt.format(row["bridgeq"]), fmt.format(row["raw"]), f"{row['ratio']:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

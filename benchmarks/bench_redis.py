@@ -1,0 +1,315 @@
+"""redis:// through bridgeq against raw redis-py on the same server, in one run.
+
+    python benchmarks/bench_redis.py --url redis://127.0.0.1:6379/0 [--messages N] [--batch B]
+                                     [--size BYTES] [--rounds R] [--json]
+
+Rows (each the median of ``--rounds`` interleaved rounds, bridgeq and raw alternating):
+
+- single publish: ``broker.publish`` vs ``XADD`` (one round trip each);
+- batch publish: ``broker.publish_batch`` vs a pipeline (transaction=False) of XADDs;
+- consume: ``receive_batch`` + ``ack`` vs ``XREADGROUP COUNT B`` + ``XACK``, reading the same
+  entries (two groups on one stream filled by bridgeq);
+- publish->receive latency p50/p99: one message in flight, a consumer process blocked in
+  ``receive`` vs in ``XREADGROUP BLOCK`` (samples taken in every round, pooled).
+
+Throughput cells are medians over the rounds; their ratio is the median of the rounds' paired
+ratios (robust to a busy machine). Latency ratios are raw/bridgeq, so >= 1 favours bridgeq.
+
+The raw side writes the body as its only field; bridgeq adds its id (``ce_id``, 32 bytes):
+the rows measure what each costs as a user would write it. No trimming either side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+import bridgeq
+from bridgeq.subscription import Subscription
+from bridgeq.url import parse
+
+
+def raw_client(url: str) -> redis.Redis:
+    u = parse(url)
+    host = u.hosts[0] if u.hosts else None
+    return redis.Redis(
+        host=host.name if host else "localhost",
+        port=(host.port if host else None) or 6379,
+        db=int(u.path.strip("/") or 0),
+        username=u.username,
+        password=u.password,
+        ssl=u.scheme == "rediss",
+    )
+
+
+def rate(count: int, run: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+class Bench:
+    def __init__(self, url: str, messages: int, batch: int, size: int) -> None:
+        self.url = url
+        self.broker = bridgeq.connect(url)
+        self.raw: Any = raw_client(url)  # redis-py's reply types are too wide to be useful here
+        self.prefix = self.broker.backend.options.prefix  # type: ignore[attr-defined]
+        self.messages, self.batch, self.body = messages, batch, b"x" * size
+        self.topics: list[str] = []
+
+    def topic(self) -> str:
+        name = f"bench-redis-{uuid.uuid4().hex[:8]}"
+        self.topics.append(name)
+        return name
+
+    def close(self) -> None:
+        for name in self.topics:
+            self.broker.delete(name)
+        self.broker.close()
+        self.raw.close()
+
+    # -- publish -------------------------------------------------------------------------
+
+    def single_bridgeq(self, n: int) -> float:
+        topic, body, publish = self.topic(), self.body, self.broker.publish
+
+        def run() -> None:
+            for _ in range(n):
+                publish(topic, body)
+
+        return rate(n, run)
+
+    def single_raw(self, n: int) -> float:
+        key, fields, xadd = self.prefix + self.topic(), {"body": self.body}, self.raw.xadd
+
+        def run() -> None:
+            for _ in range(n):
+                xadd(key, fields)
+
+        return rate(n, run)
+
+    def batch_bridgeq(self) -> float:
+        topic, body, batch = self.topic(), self.body, self.batch
+
+        def run() -> None:
+            for _ in range(self.messages // batch):
+                self.broker.publish_batch(topic, [bridgeq.Message(body) for _ in range(batch)])
+
+        return rate(self.messages, run)
+
+    def batch_raw(self) -> float:
+        key, body, batch = self.prefix + self.topic(), self.body, self.batch
+
+        def run() -> None:
+            for _ in range(self.messages // batch):
+                pipe = self.raw.pipeline(transaction=False)
+                for _ in range(batch):
+                    pipe.xadd(key, {"body": body})
+                pipe.execute()
+
+        return rate(self.messages, run)
+
+    # -- consume -------------------------------------------------------------------------
+
+    def filled(self) -> str:
+        """A stream of ``messages`` bridgeq entries, with groups 'bq' and 'raw' at its start."""
+        topic = self.topic()
+        self.broker.declare(topic, "bq")
+        self.broker.declare(topic, "raw")
+        for _ in range(self.messages // self.batch):
+            self.broker.publish_batch(topic, [self.body] * self.batch)
+        return topic
+
+    def consume_bridgeq(self, topic: str, bulk_ack: bool) -> float:
+        batch = self.batch
+        with self.broker.subscribe(topic, "bq", prefetch=batch, max_deliveries=None) as sub:
+
+            def run() -> None:
+                received = 0
+                while received < self.messages:
+                    got = sub.receive_batch(batch, timeout=5)
+                    if not got:
+                        raise TimeoutError(f"only {received} of {self.messages} came back")
+                    if bulk_ack:
+                        sub.ack(got)
+                    else:
+                        for delivery in got:
+                            delivery.ack()
+                    received += len(got)
+                sub.flush()
+
+            result = rate(self.messages, run)
+        assert self.broker.depth(topic, "bq") == 0
+        return result
+
+    def consume_raw(self, topic: str) -> float:
+        key, batch, r = self.prefix + topic, self.batch, self.raw
+
+        def run() -> None:
+            received = 0
+            while received < self.messages:
+                reply = r.xreadgroup("raw", "raw-1", {key: ">"}, count=batch, block=100)
+                if not reply:
+                    raise TimeoutError(f"only {received} of {self.messages} came back")
+                entries = reply[0][1]
+                r.xack(key, "raw", *[entry_id for entry_id, _ in entries])
+                received += len(entries)
+
+        result = rate(self.messages, run)
+        assert r.xpending(key, "raw")["pending"] == 0
+        return result
+
+    # -- latency -------------------------------------------------------------------------
+
+    def latency(self, side: str, samples: int) -> list[float]:
+        """Milliseconds from publish to receive, one message in flight, the consumer in its own process
+        (so it never waits for this process's GIL); both read time.perf_counter (CLOCK_MONOTONIC)."""
+        topic = self.topic()
+        if side == "bridgeq":
+            self.broker.declare(topic, "lat")
+            send: Callable[[str], Any] = lambda sent: self.broker.publish(topic, self.body, headers={"sent": sent})  # noqa: E731
+        else:
+            key = self.prefix + topic
+            self.raw.xgroup_create(key, "lat", "$", mkstream=True)
+            send = lambda sent: self.raw.xadd(key, {"body": self.body, "sent": sent})  # noqa: E731
+        child = subprocess.Popen(
+            [sys.executable, "-c", LATENCY_CONSUMER, side, self.url, topic, self.prefix, str(samples)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # the consumer is blocked in its read
+        latencies = []
+        for _ in range(samples):
+            send(repr(time.perf_counter()))
+            latencies.append(float(child.stdout.readline()))
+            time.sleep(0.001)
+        child.wait(10)
+        return latencies
+
+
+LATENCY_CONSUMER = """
+import sys, time
+side, url, topic, prefix, samples = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+if side == "bridgeq":
+    import bridgeq
+    broker = bridgeq.connect(url)
+    sub = broker.subscribe(topic, "lat")
+    sub.receive(timeout=0.05)
+    print("ready", flush=True)
+    for _ in range(samples):
+        d = sub.receive(timeout=5)
+        print((time.perf_counter() - float(d.headers["sent"])) * 1000, flush=True)
+        d.ack()
+    sub.close()
+else:
+    sys.path.insert(0, "")
+    import redis
+    from bridgeq.url import parse
+    u = parse(url)
+    h = u.hosts[0] if u.hosts else None
+    r = redis.Redis(host=h.name if h else "localhost", port=(h.port if h else None) or 6379,
+                    db=int(u.path.strip("/") or 0), username=u.username, password=u.password, ssl=u.scheme == "rediss")
+    key = prefix + topic
+    r.xreadgroup("lat", "c", {key: ">"}, count=1, block=50)
+    print("ready", flush=True)
+    for _ in range(samples):
+        reply = r.xreadgroup("lat", "c", {key: ">"}, count=1, block=5000)
+        (entry_id, fields), = reply[0][1]
+        print((time.perf_counter() - float(fields[b"sent"])) * 1000, flush=True)
+        r.xack(key, "lat", entry_id)
+"""
+
+
+def quantile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--single", type=int, default=5_000, help="messages for the single-publish row")
+    parser.add_argument("--samples", type=int, default=1_000, help="latency samples")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    args.messages -= args.messages % args.batch
+    bench = Bench(args.url, args.messages, args.batch, args.size)
+    rows: dict[str, tuple[list[float], list[float]]] = {
+        "single publish (msg/s)": ([], []),
+        f"batch publish, {args.batch}/batch (msg/s)": ([], []),
+        f"consume: receive_batch({args.batch}) + d.ack() (msg/s)": ([], []),
+    }
+    if hasattr(Subscription, "ack"):
+        rows[f"consume: receive_batch({args.batch}) + sub.ack(batch) (msg/s)"] = ([], [])
+    single, batched, consume, *consume_bulk = rows.values()
+    try:
+        bench.single_bridgeq(500), bench.single_raw(500), bench.batch_bridgeq(), bench.batch_raw()  # warm-up
+        lat_bq: list[float] = []
+        lat_raw: list[float] = []
+        per_round = max(args.samples // args.rounds, 20)
+        for _ in range(args.rounds):
+            single[0].append(bench.single_bridgeq(args.single))
+            single[1].append(bench.single_raw(args.single))
+            batched[0].append(bench.batch_bridgeq())
+            batched[1].append(bench.batch_raw())
+            topic = bench.filled()
+            consume[0].append(bench.consume_bridgeq(topic, bulk_ack=False))
+            consume[1].append(bench.consume_raw(topic))
+            if consume_bulk:
+                topic = bench.filled()
+                consume_bulk[0][0].append(bench.consume_bridgeq(topic, bulk_ack=True))
+                consume_bulk[0][1].append(bench.consume_raw(topic))
+            lat_bq += bench.latency("bridgeq", per_round)
+            lat_raw += bench.latency("raw", per_round)
+    finally:
+        bench.close()
+    result: dict[str, Any] = {
+        "url": str(parse(args.url)),
+        "messages": args.messages,
+        "batch": args.batch,
+        "size": args.size,
+        "rounds": args.rounds,
+        "rows": [],
+    }
+    for name, (ours, theirs) in rows.items():  # the ratio: median of the rounds' paired ratios
+        ratio = statistics.median(b / r for b, r in zip(ours, theirs, strict=True))
+        b, r = statistics.median(ours), statistics.median(theirs)
+        result["rows"].append({"row": name, "bridgeq": b, "raw": r, "ratio": ratio})
+    for q in (50, 99):  # latency: lower is better, so the ratio is raw / bridgeq (>= 1 means bridgeq is faster)
+        b, r = quantile(lat_bq, q), quantile(lat_raw, q)
+        result["rows"].append({"row": f"publish->receive p{q} (ms, ratio raw/bridgeq)", "bridgeq": b, "raw": r,
+                               "ratio": r / b})  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(
+        title=f"bridgeq redis:// vs raw redis-py {redis.__version__}, {result['url']}, "
+        f"{args.messages:,} messages of {args.size} B, median of {args.rounds} rounds"
+    )
+    table.add_column("row")
+    table.add_column("bridgeq", justify="right")
+    table.add_column("raw redis-py", justify="right")
+    table.add_column("ratio", justify="right")
+    for row in result["rows"]:
+        fmt = "{:,.3f}" if "(ms," in row["row"] else "{:,.0f}"
+        table.add_row(row["row"], fmt.format(row["bridgeq"]), fmt.format(row["raw"]), f"{row['ratio']:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
