@@ -139,10 +139,19 @@ class Settlement(enum.Enum):
     DEAD_LETTERED = "dead-lettered"
 
 
+# Module constants: looking an enum member up on its class is slow on CPython 3.11's hot paths.
+PENDING = Settlement.PENDING
+ACKED = Settlement.ACKED
+REQUEUED = Settlement.REQUEUED
+DEAD_LETTERED = Settlement.DEAD_LETTERED
+
+
 class Settler(Protocol):
     """What a delivery reports its settlement to (the core's subscription)."""
 
     def settle(self, delivery: Delivery, outcome: Settlement, reason: str) -> None: ...
+
+    def ack_one(self, delivery: Delivery) -> None: ...
 
 
 class Delivery:
@@ -186,7 +195,7 @@ class Delivery:
         self.group = group
         self.attempt = attempt
         self.token = token
-        self.state = Settlement.PENDING
+        self.state = PENDING
         self.settler: Settler | None = None
 
     @property
@@ -197,17 +206,17 @@ class Delivery:
     def ack(self) -> None:
         """Mark the message processed; the broker will not deliver it to this group again."""
         settler = self.settler
-        if self.state is Settlement.PENDING and settler is not None:
-            settler.settle(self, Settlement.ACKED, "")
+        if self.state is PENDING and settler is not None:
+            settler.ack_one(self)
         else:
-            self._settle(Settlement.ACKED, "")
+            self._settle(ACKED, "")
 
     def nack(self, requeue: bool = True, reason: str = "") -> None:
         """Give the message back: delivered again (``requeue``) or moved to the dead-letter topic."""
-        self._settle(Settlement.REQUEUED if requeue else Settlement.DEAD_LETTERED, reason or "nacked")
+        self._settle(REQUEUED if requeue else DEAD_LETTERED, reason or "nacked")
 
     def _settle(self, outcome: Settlement, reason: str) -> None:
-        if self.state is not Settlement.PENDING:
+        if self.state is not PENDING:
             if self.state is outcome:
                 return
             raise DeliveryStateError(

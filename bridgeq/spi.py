@@ -55,6 +55,10 @@ class Backend(ABC):
     capabilities: Capabilities
     """What this backend promises; may depend on the URL's options."""
 
+    nonblocking: ClassVar[bool] = False
+    """True when publish, ack, requeue and fetch(timeout=0) never wait on I/O, so the
+    asyncio API may call them on the event loop instead of a worker thread."""
+
     def __init__(self, url: BrokerURL, options: object) -> None:  # noqa: B027 - a documented hook
         """Connect (or prepare to connect lazily). Raises ConfigError or ConnectionLost."""
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridgeq import wire
 from bridgeq.errors import ClosedError, DeliveryStateError
-from bridgeq.message import Delivery, Settlement
+from bridgeq.message import ACKED, DEAD_LETTERED, PENDING, REQUEUED, Delivery, Settlement
 from bridgeq.settle import flusher
 from bridgeq.spi import BackendConsumer
 
@@ -64,6 +64,8 @@ class Subscription:
         self._buffer: deque[Delivery] = deque()
         self._closed = False
         self._dead_letter_declared = False
+        self.flush_soon: Callable[[], object] | None = None
+        """When set (the asyncio API sets it), called instead of flushing on the acking thread."""
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -88,6 +90,24 @@ class Subscription:
             buffer.clear()
             return batch
         return [buffer.popleft() for _ in range(max_messages)]
+
+    def take_buffered(self, max_messages: int) -> list[Delivery]:
+        """Deliveries already fetched, without waiting or touching the broker."""
+        buffer = self._buffer
+        return [buffer.popleft() for _ in range(min(max_messages, len(buffer)))]
+
+    def unreceive(self, deliveries: list[Delivery]) -> None:
+        """Put deliveries that never reached the application back at the head of the line."""
+        with self._state:
+            if self._closed:
+                for delivery in deliveries:
+                    if delivery.state is PENDING:
+                        delivery.state = REQUEUED
+                        self._record(delivery, REQUEUED, "not handed to the application")
+                return
+            self._buffer.extendleft(reversed(deliveries))
+        if self._closed:
+            self.flush_if_idle()
 
     def __iter__(self) -> Iterator[Delivery]:
         """Deliveries until the subscription is closed."""
@@ -115,13 +135,13 @@ class Subscription:
                     handler(delivery)
                 except Exception as exc:
                     log.warning("handler failed on %s: %r", delivery.id, exc, exc_info=True)
-                    if delivery.state is Settlement.PENDING:
+                    if delivery.state is PENDING:
                         delivery.nack(requeue=True, reason=f"{type(exc).__name__}: {exc}")
                 except BaseException:
-                    self._settle_quietly(delivery, Settlement.REQUEUED, "handler interrupted")
+                    self._settle_quietly(delivery, REQUEUED, "handler interrupted")
                     raise
                 else:
-                    if delivery.state is Settlement.PENDING:
+                    if delivery.state is PENDING:
                         delivery.ack()
                 handled += 1
         return handled
@@ -159,18 +179,38 @@ class Subscription:
             self._outstanding += len(deliveries)
             if limit is not None and any(d.attempt > limit for d in deliveries):
                 for delivery in [d for d in deliveries if d.attempt > limit]:
-                    delivery.state = Settlement.DEAD_LETTERED
-                    self._record(delivery, Settlement.DEAD_LETTERED, f"max_deliveries ({limit}) exceeded")
+                    delivery.state = DEAD_LETTERED
+                    self._record(delivery, DEAD_LETTERED, f"max_deliveries ({limit}) exceeded")
                 deliveries = [d for d in deliveries if d.attempt <= limit]
             self._buffer.extend(deliveries)
         return bool(deliveries)
 
     # -- settling --------------------------------------------------------------------------
 
+    def ack_one(self, delivery: Delivery) -> None:
+        """The hot path of ``delivery.ack()``; anything unusual goes through :meth:`settle`."""
+        with self._state:
+            if delivery.state is PENDING and not self._closed:
+                delivery.state = ACKED
+                acks = self._acks
+                acks.append(delivery)
+                self._outstanding -= 1
+                if self._room_wanted:
+                    self._room.notify()
+                waiting = len(acks)
+            else:
+                waiting = -1
+        if waiting < 0:
+            self.settle(delivery, ACKED, "")
+        elif waiting >= self._ack_batch:
+            self._flush_full()
+        elif waiting == 1:
+            flusher.register(self)
+
     def settle(self, delivery: Delivery, outcome: Settlement, reason: str) -> None:
         """Record ``delivery``'s settlement; sent in a batch soon (see :mod:`bridgeq.settle`)."""
         with self._state:
-            if delivery.state is not Settlement.PENDING:
+            if delivery.state is not PENDING:
                 if delivery.state is outcome:
                     return
                 raise DeliveryStateError(
@@ -183,10 +223,10 @@ class Subscription:
                 )
             delivery.state = outcome
             limit = self.max_deliveries
-            if outcome is Settlement.REQUEUED and limit is not None and delivery.attempt >= limit:
-                outcome = Settlement.DEAD_LETTERED
+            if outcome is REQUEUED and limit is not None and delivery.attempt >= limit:
+                outcome = DEAD_LETTERED
                 reason = f"max_deliveries ({limit}) reached: {reason}"
-            if outcome is Settlement.ACKED:
+            if outcome is ACKED:
                 self._acks.append(delivery)
             else:
                 self._pending.append((delivery, outcome, reason))
@@ -195,25 +235,25 @@ class Subscription:
                 self._room.notify()
             waiting = len(self._acks) + len(self._pending)
         if waiting >= self._ack_batch:
-            self.flush_if_idle()
+            self._flush_full()
         elif waiting == 1:
             flusher.register(self)
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
         """Ack many deliveries at once: the same as ``d.ack()`` for each, with one lock round."""
-        self._settle_many(deliveries, Settlement.ACKED, "")
+        self._settle_many(deliveries, ACKED, "")
 
     def nack(self, deliveries: Iterable[Delivery], requeue: bool = True, reason: str = "nacked") -> None:
         """Nack many deliveries at once: the same as ``d.nack(requeue)`` for each."""
-        self._settle_many(deliveries, Settlement.REQUEUED if requeue else Settlement.DEAD_LETTERED, reason)
+        self._settle_many(deliveries, REQUEUED if requeue else DEAD_LETTERED, reason)
 
     def _settle_many(self, deliveries: Iterable[Delivery], outcome: Settlement, reason: str) -> None:
         batch = list(deliveries)
         if any(d.settler is not self for d in batch):
             raise DeliveryStateError("ack()/nack() of a subscription take only its own deliveries")
         with self._state:
-            fast = not self._closed and outcome is Settlement.ACKED
-            if fast and all(d.state is Settlement.PENDING for d in batch):
+            fast = not self._closed and outcome is ACKED
+            if fast and all(d.state is PENDING for d in batch):
                 for delivery in batch:
                     delivery.state = outcome
                 self._acks.extend(batch)
@@ -227,9 +267,15 @@ class Subscription:
             for delivery in batch:
                 delivery._settle(outcome, reason)
         elif waiting >= self._ack_batch:
-            self.flush_if_idle()
+            self._flush_full()
         elif waiting == len(batch):
             flusher.register(self)
+
+    def _flush_full(self) -> None:
+        if self.flush_soon is not None:
+            self.flush_soon()
+        else:
+            self.flush_if_idle()
 
     def _record(self, delivery: Delivery, action: Settlement, reason: str) -> None:
         self._pending.append((delivery, action, reason))
@@ -237,7 +283,7 @@ class Subscription:
 
     def _settle_quietly(self, delivery: Delivery, outcome: Settlement, reason: str) -> None:
         try:
-            if delivery.state is Settlement.PENDING:
+            if delivery.state is PENDING:
                 self.settle(delivery, outcome, reason)
         except (ClosedError, DeliveryStateError):
             pass
@@ -262,8 +308,8 @@ class Subscription:
                     return
                 acks, self._acks = self._acks, []
                 pending, self._pending = self._pending, []
-            requeues = [d for d, action, _ in pending if action is Settlement.REQUEUED]
-            dead = [(d, reason) for d, action, reason in pending if action is Settlement.DEAD_LETTERED]
+            requeues = [d for d, action, _ in pending if action is REQUEUED]
+            dead = [(d, reason) for d, action, reason in pending if action is DEAD_LETTERED]
             if dead:
                 self._dead_letter(dead)
                 acks.extend(d for d, _ in dead)
@@ -306,8 +352,8 @@ class Subscription:
             with self._state:
                 while self._buffer:  # fetched, never handed to the application
                     delivery = self._buffer.popleft()
-                    delivery.state = Settlement.REQUEUED
-                    self._record(delivery, Settlement.REQUEUED, "subscription closed")
+                    delivery.state = REQUEUED
+                    self._record(delivery, REQUEUED, "subscription closed")
             try:
                 self.flush()
             finally:

@@ -67,6 +67,7 @@ _named_lock = threading.Lock()
 
 class MemoryBackend(Backend):
     options_type = MemoryOptions
+    nonblocking = True
 
     def __init__(self, url: BrokerURL, options: object) -> None:
         assert isinstance(options, MemoryOptions)

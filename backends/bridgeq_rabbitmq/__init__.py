@@ -175,7 +175,7 @@ class RabbitMQBackend(Backend):
 
         def op(channel: Channel) -> Generator[Step, Any, None]:
             for queue in queues:
-                yield lambda done, queue=queue: channel.queue_delete(queue, callback=done)
+                yield _deleting(channel, queue)
             yield lambda done: channel.exchange_delete(exchange, callback=done)
 
         self._link.exchanges.discard(exchange)
@@ -186,6 +186,10 @@ class RabbitMQBackend(Backend):
 
     def __repr__(self) -> str:
         return f"<RabbitMQBackend {self._url}>"
+
+
+def _deleting(channel: Channel, queue: str) -> Step:
+    return lambda done: channel.queue_delete(queue, callback=done)
 
 
 def _parameters(url: BrokerURL, options: RabbitMQOptions) -> list[ConnectionParameters]:
@@ -226,4 +230,3 @@ def _parameters(url: BrokerURL, options: RabbitMQOptions) -> list[ConnectionPara
         )
         for host in hosts
     ]
-

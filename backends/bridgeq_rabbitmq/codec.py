@@ -60,10 +60,7 @@ def decode(
     if not isinstance(message_id, str) or not message_id:
         message_id = FOREIGN_ID_PREFIX + os.urandom(16).hex()  # no stable position exists in AMQP
     count = table.get(DELIVERY_COUNT)
-    if isinstance(count, int) and count >= 0:
-        attempt = count + 1
-    else:
-        attempt = 2 if redelivered else 1
+    attempt = count + 1 if isinstance(count, int) and count >= 0 else 2 if redelivered else 1
     return Delivery(message_id, body, headers, routing_key or None, topic, group, attempt, token)
 
 

@@ -121,8 +121,7 @@ class RabbitMQConsumer(BackendConsumer):
             self._link.submit(lambda: self._link.loop.call_later(LINGER, self._io_flush))
         if stale:
             raise ConnectionLost(
-                f"{stale} deliveries came over a connection or channel that was lost; "
-                "the broker delivers them again"
+                f"{stale} deliveries came over a connection or channel that was lost; the broker delivers them again"
             )
 
     def close(self) -> None:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import bridgeq
+from bridgeq.testing import through_asyncio
 from bridgeq.testing.targets import BACKENDS, Target, required, resolve_target
 from bridgeq.url import parse
 from bridgeq.wire import dead_letter_topic
@@ -31,6 +33,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bridgeq-url", action="append", default=[], help="run the suite against this broker URL")
     group.addoption("--bridgeq-backends", default=None, help="comma list of backends (default: all built-in)")
     group.addoption("--bridgeq-size", choices=("short", "full"), default=None, help="message counts: short or full")
+    group.addoption(
+        "--bridgeq-styles", default=None, help="comma list of API styles to run each case through: sync,async"
+    )
+    parser.addini("bridgeq_styles", "comma list of API styles: sync, async", default="sync,async")
     parser.addini("bridgeq_backends", "comma list of backends to run the suite against", default=",".join(BACKENDS))
     parser.addini("bridgeq_size", "short or full", default="short")
 
@@ -60,6 +66,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bridgeq_target" in metafunc.fixturenames:
         targets = _targets(metafunc.config)
         metafunc.parametrize("bridgeq_target", targets, ids=[t.name for t in targets], scope="session")
+    if "bridgeq_style" in metafunc.fixturenames:
+        config = metafunc.config
+        styles = str(config.getoption("bridgeq_styles") or config.getini("bridgeq_styles")).split(",")
+        metafunc.parametrize("bridgeq_style", [s.strip() for s in styles if s.strip()])
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -88,14 +98,29 @@ def broker_url(bridgeq_target: Target) -> str:
 
 
 @pytest.fixture
-def broker(broker_url: str, request: pytest.FixtureRequest) -> Iterator[bridgeq.Broker]:
-    """A connected broker; capability-gated cases stop here as UNSUPPORTED."""
-    with bridgeq.connect(broker_url) as connected:
+def broker(broker_url: str, bridgeq_style: str, request: pytest.FixtureRequest) -> Iterator[bridgeq.Broker]:
+    """A connected broker, used through the sync API or through :mod:`bridgeq.aio` (``bridgeq_style``).
+
+    Capability-gated cases stop here as UNSUPPORTED. Through asyncio, a case fails
+    if any callback held the event loop longer than 50 ms.
+    """
+    if bridgeq_style == "async":
+        loop = through_asyncio.LoopThread()
+        connected: Any = through_asyncio.Broker(broker_url, loop)
+    else:
+        loop, connected = None, bridgeq.connect(broker_url)
+    try:
         for marker in request.node.iter_markers("requires"):
             for capability in marker.args:
                 if not getattr(connected.capabilities, capability):
                     pytest.skip(f"{UNSUPPORTED}{broker_url.split(':')[0]} lacks {capability}")
         yield connected
+    finally:
+        if not connected.closed:
+            connected.close()
+        if loop is not None:
+            loop.stop()
+            assert not loop.slow.seen, f"the event loop was blocked: {loop.slow.seen[:3]}"
 
 
 class Names:
@@ -122,14 +147,13 @@ class Names:
 
 
 @pytest.fixture
-def names(broker: bridgeq.Broker) -> Iterator[Names]:
+def names(broker_url: str) -> Iterator[Names]:
     made = Names()
     yield made
-    if broker.closed:
-        return
-    for name in made.made():
-        with contextlib.suppress(bridgeq.BridgeqError):
-            broker.delete(name)
+    with bridgeq.connect(broker_url) as cleaner:
+        for name in made.made():
+            with contextlib.suppress(bridgeq.BridgeqError):
+                cleaner.delete(name)
 
 
 class Size:

@@ -1,0 +1,339 @@
+"""bridgeq for asyncio: the same brokers, names and semantics, awaitable.
+
+    async with bridgeq.aio.connect("redis://localhost:6379/0") as broker:
+        await broker.publish("orders", b"...")
+        async with broker.subscribe("orders", group="billing") as sub:
+            async for delivery in sub:
+                await delivery.ack()
+
+Every call that may wait on the network runs on a worker thread, never on the
+event loop: publishing on the broker's pool, fetching on one thread per
+subscription. Backends that never block (``memory://``) are called on the loop.
+A task cancelled while receiving loses nothing: what was fetched but not handed
+to it goes back to the head of the subscription's line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
+from typing import Any, TypeVar
+
+from bridgeq import api
+from bridgeq.capabilities import Capabilities
+from bridgeq.message import PENDING, Body, Delivery, Message
+from bridgeq.spi import Totals
+from bridgeq.subscription import Subscription
+from bridgeq.url import BrokerURL
+
+__all__ = ["AsyncBroker", "AsyncDelivery", "AsyncSubscription", "connect"]
+
+log = logging.getLogger("bridgeq")
+T = TypeVar("T")
+AsyncHandler = Callable[["AsyncDelivery"], Awaitable[Any] | Any]
+
+
+def connect(url: str | BrokerURL | None = None) -> _Opening[AsyncBroker]:
+    """An :class:`AsyncBroker`: ``await connect(url)`` or ``async with connect(url) as broker``."""
+
+    async def open_broker() -> AsyncBroker:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridgeq-aio")
+        broker = await asyncio.get_running_loop().run_in_executor(pool, api.connect, url)
+        return AsyncBroker(broker, pool)
+
+    return _Opening(open_broker)
+
+
+class _Opening(Awaitable[T]):
+    """Awaitable, or an async context manager that closes what it opened."""
+
+    def __init__(self, opener: Callable[[], Awaitable[T]]) -> None:
+        self._opener = opener
+        self._opened: Any = None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._opener().__await__()
+
+    async def __aenter__(self) -> T:
+        self._opened = await self._opener()
+        return self._opened
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._opened.close()
+
+
+class AsyncBroker:
+    """The asyncio face of :class:`bridgeq.Broker`; ``sync`` is the broker underneath."""
+
+    def __init__(self, broker: api.Broker, pool: concurrent.futures.ThreadPoolExecutor) -> None:
+        self.sync = broker
+        self._pool = pool
+        self._inline = broker.backend.nonblocking
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.sync.capabilities
+
+    @property
+    def url(self) -> BrokerURL:
+        return self.sync.url
+
+    @property
+    def closed(self) -> bool:
+        return self.sync.closed
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        if self._inline:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    async def declare(self, topic: str, group: str | None = None) -> None:
+        await self._call(self.sync.declare, topic, group)
+
+    async def publish(
+        self,
+        topic: str,
+        body: Body = b"",
+        *,
+        headers: Mapping[str, str] | None = None,
+        key: str | None = None,
+        id: str | None = None,  # noqa: A002 - the public name of the field
+    ) -> str:
+        message = Message(body, headers, key, id)  # checked here, before any thread is involved
+        await self._call(self.sync.publish_batch, topic, [message])
+        return message.id
+
+    async def publish_batch(self, topic: str, messages: Iterable[Message | Body]) -> list[str]:
+        batch = [m if isinstance(m, Message) else Message(m) for m in messages]
+        return await self._call(self.sync.publish_batch, topic, batch)
+
+    def subscribe(self, topic: str, group: str, **options: Any) -> _Opening[AsyncSubscription]:
+        """Join ``group``: ``await broker.subscribe(...)`` or ``async with broker.subscribe(...) as sub``.
+
+        Takes the options of :meth:`bridgeq.Broker.subscribe`.
+        """
+
+        async def open_subscription() -> AsyncSubscription:
+            reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridgeq-aio-reader")
+            loop = asyncio.get_running_loop()
+            try:
+                sync = await loop.run_in_executor(reader, lambda: self.sync.subscribe(topic, group, **options))
+            except BaseException:
+                reader.shutdown(wait=False)
+                raise
+            return AsyncSubscription(sync, reader, self._inline)
+
+        return _Opening(open_subscription)
+
+    async def depth(self, topic: str, group: str) -> int | None:
+        return await self._call(self.sync.depth, topic, group)
+
+    async def totals(self, topic: str, group: str) -> Totals | None:
+        return await self._call(self.sync.totals, topic, group)
+
+    async def delete(self, topic: str) -> None:
+        await self._call(self.sync.delete, topic)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.sync.close)
+        self._pool.shutdown(wait=False)
+
+    async def __aenter__(self) -> AsyncBroker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<bridgeq.aio.AsyncBroker {self.sync.url}{' closed' if self.closed else ''}>"
+
+
+class AsyncDelivery:
+    """An incoming message; ``await ack()`` / ``await nack()`` never block the loop."""
+
+    __slots__ = ("sync",)
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.sync = delivery
+
+    id = property(lambda self: self.sync.id)
+    body = property(lambda self: self.sync.body)
+    headers = property(lambda self: self.sync.headers)
+    key = property(lambda self: self.sync.key)
+    topic = property(lambda self: self.sync.topic)
+    group = property(lambda self: self.sync.group)
+    attempt = property(lambda self: self.sync.attempt)
+    redelivered = property(lambda self: self.sync.redelivered)
+    state = property(lambda self: self.sync.state)
+
+    async def ack(self) -> None:
+        self.sync.ack()
+
+    async def nack(self, requeue: bool = True, reason: str = "") -> None:
+        self.sync.nack(requeue, reason)
+
+    def __repr__(self) -> str:
+        return f"Async{self.sync!r}"
+
+
+class AsyncSubscription:
+    """The asyncio face of :class:`bridgeq.Subscription`; fetches run on its own reader thread."""
+
+    def __init__(self, sync: Subscription, reader: concurrent.futures.ThreadPoolExecutor, inline: bool) -> None:
+        self.sync = sync
+        self._reader = reader
+        self._inline = inline
+        self._ready: deque[Delivery] = deque()
+        sync.flush_soon = lambda: reader.submit(sync.flush_if_idle)
+
+    topic = property(lambda self: self.sync.topic)
+    group = property(lambda self: self.sync.group)
+    prefetch = property(lambda self: self.sync.prefetch)
+    dead_letter_topic = property(lambda self: self.sync.dead_letter_topic)
+    closed = property(lambda self: self.sync.closed)
+
+    async def receive(self, timeout: float | None = None) -> AsyncDelivery | None:
+        """The next delivery, or None after ``timeout`` seconds or once closed."""
+        batch = await self._fetch(1, timeout)
+        return AsyncDelivery(batch[0]) if batch else None
+
+    async def receive_batch(self, max_messages: int, timeout: float | None = None) -> list[AsyncDelivery]:
+        """Up to ``max_messages`` deliveries; waits at most ``timeout`` for the first."""
+        return [AsyncDelivery(d) for d in await self._fetch(max_messages, timeout)]
+
+    async def _fetch(self, max_messages: int, timeout: float | None) -> list[Delivery]:
+        got = self.sync.take_buffered(max_messages)
+        if got or self.sync.closed:
+            return got
+        if self._inline:  # a backend that never blocks: try without leaving the loop
+            got = self.sync.receive_batch(max_messages, timeout=0)
+            if got or timeout == 0:
+                return got
+        work = self._reader.submit(self.sync.receive_batch, max_messages, timeout)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, work: concurrent.futures.Future[list[Delivery]]) -> None:
+        """A fetch finished after its task was cancelled: its deliveries go back in line."""
+        if not work.cancelled() and work.exception() is None and work.result():
+            self.sync.unreceive(work.result())
+
+    def __aiter__(self) -> AsyncIterator[AsyncDelivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[AsyncDelivery]:
+        while True:
+            batch = await self._fetch(self.sync.prefetch, None)
+            if not batch:
+                return
+            for index, delivery in enumerate(batch):
+                try:
+                    yield AsyncDelivery(delivery)
+                except BaseException:  # the iteration was abandoned: the rest goes back in line
+                    self.sync.unreceive(batch[index + 1 :])
+                    raise
+
+    async def ack(self, deliveries: Iterable[AsyncDelivery]) -> None:
+        """Ack many deliveries at once."""
+        self.sync.ack([d.sync for d in deliveries])
+
+    async def nack(self, deliveries: Iterable[AsyncDelivery], requeue: bool = True, reason: str = "nacked") -> None:
+        """Nack many deliveries at once."""
+        self.sync.nack([d.sync for d in deliveries], requeue, reason)
+
+    async def run(
+        self,
+        handler: AsyncHandler,
+        concurrency: int = 1,
+        stop_after: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> int:
+        """Call ``handler`` for up to ``concurrency`` deliveries at once: ack on return, nack on raise.
+
+        Returns the number handled once ``stop_after`` were handled, nothing came
+        for ``idle_timeout`` seconds, or the subscription closed. Cancelling the
+        task stops it cleanly: deliveries not yet handled go back in line.
+        """
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        queue: asyncio.Queue[Delivery | None] = asyncio.Queue(maxsize=concurrency)
+        handled = 0
+
+        async def work() -> None:
+            nonlocal handled
+            while (delivery := await queue.get()) is not None:
+                await _handle(handler, delivery)
+                handled += 1
+
+        workers = [asyncio.create_task(work()) for _ in range(concurrency)]
+        try:
+            fed = 0
+            while stop_after is None or fed < stop_after:
+                want = self.sync.prefetch if stop_after is None else min(self.sync.prefetch, stop_after - fed)
+                batch = await self._fetch(want, idle_timeout)
+                if not batch:
+                    break
+                for index, delivery in enumerate(batch):
+                    try:
+                        await queue.put(delivery)
+                    except BaseException:
+                        self.sync.unreceive(batch[index:])
+                        raise
+                fed += len(batch)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        except BaseException:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            left = []
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is not None:
+                    left.append(item)
+            self.sync.unreceive(left)
+            raise
+        return handled
+
+    async def flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._reader, self.sync.flush)
+
+    async def close(self) -> None:
+        """Leave the group: deliveries not acked become deliverable again. Idempotent."""
+        self.sync.flush_soon = None
+        await asyncio.get_running_loop().run_in_executor(None, self.sync.close)
+        self._reader.shutdown(wait=False)
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def _handle(handler: AsyncHandler, delivery: Delivery) -> None:
+    """Run one handler call: ack on return, nack (requeue) on raise, requeue on cancellation."""
+    wrapped = AsyncDelivery(delivery)
+    try:
+        result = handler(wrapped)
+        if inspect.isawaitable(result):
+            await result
+    except asyncio.CancelledError:
+        if delivery.state is PENDING:
+            delivery.nack(requeue=True, reason="handler cancelled")
+        raise
+    except Exception as exc:
+        log.warning("handler failed on %s: %r", delivery.id, exc, exc_info=True)
+        if delivery.state is PENDING:
+            delivery.nack(requeue=True, reason=f"{type(exc).__name__}: {exc}")
+    else:
+        if delivery.state is PENDING:
+            delivery.ack()

@@ -1,0 +1,196 @@
+"""The sync API's shape over :mod:`bridgeq.aio`, so every conformance case also runs through asyncio.
+
+Each call is a coroutine run on one event loop in a background thread, with
+asyncio's debug mode on: a callback that holds the loop longer than
+``SLOW_CALLBACK`` seconds is recorded, and the suite fails the case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from bridgeq import aio
+from bridgeq.message import Delivery
+
+T = TypeVar("T")
+SLOW_CALLBACK = 0.05
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing") and "took" in message:
+            self.seen.append(message)
+
+
+class LoopThread:
+    """One event loop in a daemon thread, in debug mode, watching for slow callbacks."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_debug(True)
+        self.loop.slow_callback_duration = SLOW_CALLBACK
+        self.slow = _SlowCallbacks()
+        logging.getLogger("asyncio").addHandler(self.slow)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="bridgeq-test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def stop(self) -> None:
+        logging.getLogger("asyncio").removeHandler(self.slow)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class Broker:
+    """Looks like :class:`bridgeq.Broker`; every call goes through :class:`bridgeq.aio.AsyncBroker`."""
+
+    def __init__(self, url: str, loop: LoopThread) -> None:
+        self._loop = loop
+        self.aio: aio.AsyncBroker = loop.run(_open(url))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("capabilities", "url", "closed"):
+            return getattr(self.aio, name)
+        raise AttributeError(name)
+
+    def declare(self, topic: str, group: str | None = None) -> None:
+        self._loop.run(self.aio.declare(topic, group))
+
+    def publish(self, topic: str, body: Any = b"", **kwargs: Any) -> str:
+        return self._loop.run(self.aio.publish(topic, body, **kwargs))
+
+    def publish_batch(self, topic: str, messages: Any) -> list[str]:
+        return self._loop.run(self.aio.publish_batch(topic, list(messages)))
+
+    def subscribe(self, topic: str, group: str, **options: Any) -> Subscription:
+        return Subscription(self._loop.run(_subscribe(self.aio, topic, group, options)), self._loop)
+
+    def depth(self, topic: str, group: str) -> int | None:
+        return self._loop.run(self.aio.depth(topic, group))
+
+    def delete(self, topic: str) -> None:
+        self._loop.run(self.aio.delete(topic))
+
+    def close(self) -> None:
+        self._loop.run(self.aio.close())
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+async def _open(url: str) -> aio.AsyncBroker:
+    return await aio.connect(url)
+
+
+async def _subscribe(broker: aio.AsyncBroker, topic: str, group: str, options: dict[str, Any]) -> aio.AsyncSubscription:
+    return await broker.subscribe(topic, group, **options)
+
+
+class DeliveryView:
+    """Looks like :class:`bridgeq.Delivery`; ack and nack are awaited on the loop."""
+
+    def __init__(self, delivery: aio.AsyncDelivery, loop: LoopThread) -> None:
+        self.aio = delivery
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.aio, name)
+
+    def ack(self) -> None:
+        self._loop.run(self.aio.ack())
+
+    def nack(self, requeue: bool = True, reason: str = "") -> None:
+        self._loop.run(self.aio.nack(requeue, reason))
+
+
+class Subscription:
+    """Looks like :class:`bridgeq.Subscription`; reads through :class:`bridgeq.aio.AsyncSubscription`."""
+
+    def __init__(self, subscription: aio.AsyncSubscription, loop: LoopThread) -> None:
+        self.aio = subscription
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("topic", "group", "prefetch", "dead_letter_topic", "closed"):
+            return getattr(self.aio, name)
+        raise AttributeError(name)
+
+    def _view(self, delivery: aio.AsyncDelivery | None) -> DeliveryView | None:
+        return None if delivery is None else DeliveryView(delivery, self._loop)
+
+    def receive(self, timeout: float | None = None) -> DeliveryView | None:
+        return self._view(self._loop.run(self.aio.receive(timeout)))
+
+    def receive_batch(self, max_messages: int, timeout: float | None = None) -> list[DeliveryView]:
+        return [DeliveryView(d, self._loop) for d in self._loop.run(self.aio.receive_batch(max_messages, timeout))]
+
+    def __iter__(self) -> Iterator[DeliveryView]:
+        iterator = self.aio.__aiter__()
+        while True:
+            try:
+                delivery = self._loop.run(_next(iterator))
+            except StopAsyncIteration:
+                return
+            yield DeliveryView(delivery, self._loop)
+
+    def run(
+        self, handler: Callable[[Any], Any], stop_after: int | None = None, idle_timeout: float | None = None
+    ) -> int:
+        loop = self._loop
+
+        async def call(delivery: aio.AsyncDelivery) -> None:
+            handler(_SettleInline(delivery))
+
+        return loop.run(self.aio.run(call, concurrency=2, stop_after=stop_after, idle_timeout=idle_timeout))
+
+    def ack(self, deliveries: list[DeliveryView]) -> None:
+        self._loop.run(self.aio.ack([d.aio for d in deliveries]))
+
+    def flush(self) -> None:
+        self._loop.run(self.aio.flush())
+
+    def close(self) -> None:
+        self._loop.run(self.aio.close())
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _SettleInline:
+    """A delivery as a handler inside ``run`` sees it: already on the loop, so settle directly."""
+
+    def __init__(self, delivery: aio.AsyncDelivery) -> None:
+        self.aio = delivery
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.aio, name)
+
+    def ack(self) -> None:
+        self.aio.sync.ack()
+
+    def nack(self, requeue: bool = True, reason: str = "") -> None:
+        self.aio.sync.nack(requeue, reason)
+
+
+async def _next(iterator: Any) -> aio.AsyncDelivery:
+    return await iterator.__anext__()
+
+
+__all__ = ["Broker", "Delivery", "LoopThread"]
