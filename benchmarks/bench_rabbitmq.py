@@ -280,11 +280,21 @@ def run(url: str, messages: int, size: int, rounds: int, samples: int) -> list[d
         ours = statistics.median(p[0] for p in pairs)
         theirs = statistics.median(p[1] for p in pairs)
         ratio = statistics.median(p[0] / p[1] for p in pairs)
-        rows.append({"row": row, "unit": "msg/s", "bridgeq": ours, "raw": theirs, "ratio": ratio, "goal": GOALS.get(row)})
+        rows.append(
+            {"row": row, "unit": "msg/s", "bridgeq": ours, "raw": theirs, "ratio": ratio, "goal": GOALS.get(row)}
+        )
     for name, q in (("p50", 0.5), ("p99", 0.99)):
         ours, theirs = percentile(ours_latency, q) * 1000, percentile(raw_latency, q) * 1000
-        rows.append({"row": f"publish->receive {name}", "unit": "ms", "bridgeq": ours, "raw": theirs,
-                     "ratio": theirs / ours, "goal": None})
+        rows.append(
+            {
+                "row": f"publish->receive {name}",
+                "unit": "ms",
+                "bridgeq": ours,
+                "raw": theirs,
+                "ratio": theirs / ours,
+                "goal": None,
+            }
+        )
     return rows
 
 

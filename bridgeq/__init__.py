@@ -6,7 +6,7 @@
 ...     _ = broker.publish("orders", b"hello", key="cust-7")
 ...     with broker.subscribe("orders", group="billing") as sub:
 ...         delivery = sub.receive(timeout=1.0)
-...         delivery.ack()
+...         _ = delivery.ack()
 ...     delivery.body
 b'hello'
 """

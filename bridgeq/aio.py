@@ -10,7 +10,8 @@ Every call that may wait on the network runs on a worker thread, never on the
 event loop: publishing on the broker's pool, fetching on one thread per
 subscription. Backends that never block (``memory://``) are called on the loop.
 A task cancelled while receiving loses nothing: what was fetched but not handed
-to it goes back to the head of the subscription's line.
+to it goes back to the head of the subscription's line. Deliveries are the same
+:class:`bridgeq.Delivery` objects as in threads: ``await delivery.ack()``.
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from typing import Any, TypeVar
 
 from bridgeq import api
 from bridgeq.capabilities import Capabilities
-from bridgeq.message import PENDING, Body, Delivery, Message
+from bridgeq.message import PENDING, Body, Delivery, Message, Settled
 from bridgeq.spi import Totals
 from bridgeq.subscription import Subscription
 from bridgeq.url import BrokerURL
 
-__all__ = ["AsyncBroker", "AsyncDelivery", "AsyncSubscription", "connect"]
+__all__ = ["AsyncBroker", "AsyncSubscription", "connect"]
 
 log = logging.getLogger("bridgeq")
 T = TypeVar("T")
-AsyncHandler = Callable[["AsyncDelivery"], Awaitable[Any] | Any]
+AsyncHandler = Callable[[Delivery], Awaitable[Any] | Any]
 
 
 def connect(url: str | BrokerURL | None = None) -> _Opening[AsyncBroker]:
@@ -152,34 +153,6 @@ class AsyncBroker:
         return f"<bridgeq.aio.AsyncBroker {self.sync.url}{' closed' if self.closed else ''}>"
 
 
-class AsyncDelivery:
-    """An incoming message; ``await ack()`` / ``await nack()`` never block the loop."""
-
-    __slots__ = ("sync",)
-
-    def __init__(self, delivery: Delivery) -> None:
-        self.sync = delivery
-
-    id = property(lambda self: self.sync.id)
-    body = property(lambda self: self.sync.body)
-    headers = property(lambda self: self.sync.headers)
-    key = property(lambda self: self.sync.key)
-    topic = property(lambda self: self.sync.topic)
-    group = property(lambda self: self.sync.group)
-    attempt = property(lambda self: self.sync.attempt)
-    redelivered = property(lambda self: self.sync.redelivered)
-    state = property(lambda self: self.sync.state)
-
-    async def ack(self) -> None:
-        self.sync.ack()
-
-    async def nack(self, requeue: bool = True, reason: str = "") -> None:
-        self.sync.nack(requeue, reason)
-
-    def __repr__(self) -> str:
-        return f"Async{self.sync!r}"
-
-
 class AsyncSubscription:
     """The asyncio face of :class:`bridgeq.Subscription`; fetches run on its own reader thread."""
 
@@ -196,14 +169,14 @@ class AsyncSubscription:
     dead_letter_topic = property(lambda self: self.sync.dead_letter_topic)
     closed = property(lambda self: self.sync.closed)
 
-    async def receive(self, timeout: float | None = None) -> AsyncDelivery | None:
+    async def receive(self, timeout: float | None = None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` seconds or once closed."""
         batch = await self._fetch(1, timeout)
-        return AsyncDelivery(batch[0]) if batch else None
+        return batch[0] if batch else None
 
-    async def receive_batch(self, max_messages: int, timeout: float | None = None) -> list[AsyncDelivery]:
+    async def receive_batch(self, max_messages: int, timeout: float | None = None) -> list[Delivery]:
         """Up to ``max_messages`` deliveries; waits at most ``timeout`` for the first."""
-        return [AsyncDelivery(d) for d in await self._fetch(max_messages, timeout)]
+        return await self._fetch(max_messages, timeout)
 
     async def _fetch(self, max_messages: int, timeout: float | None) -> list[Delivery]:
         got = self.sync.take_buffered(max_messages)
@@ -225,28 +198,28 @@ class AsyncSubscription:
         if not work.cancelled() and work.exception() is None and work.result():
             self.sync.unreceive(work.result())
 
-    def __aiter__(self) -> AsyncIterator[AsyncDelivery]:
+    def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[AsyncDelivery]:
+    async def _iterate(self) -> AsyncIterator[Delivery]:
         while True:
             batch = await self._fetch(self.sync.prefetch, None)
             if not batch:
                 return
             for index, delivery in enumerate(batch):
                 try:
-                    yield AsyncDelivery(delivery)
+                    yield delivery
                 except BaseException:  # the iteration was abandoned: the rest goes back in line
                     self.sync.unreceive(batch[index + 1 :])
                     raise
 
-    async def ack(self, deliveries: Iterable[AsyncDelivery]) -> None:
-        """Ack many deliveries at once."""
-        self.sync.ack([d.sync for d in deliveries])
+    def ack(self, deliveries: Iterable[Delivery]) -> Settled:
+        """Ack many deliveries at once; awaitable, never blocks the loop."""
+        return self.sync.ack(deliveries)
 
-    async def nack(self, deliveries: Iterable[AsyncDelivery], requeue: bool = True, reason: str = "nacked") -> None:
-        """Nack many deliveries at once."""
-        self.sync.nack([d.sync for d in deliveries], requeue, reason)
+    def nack(self, deliveries: Iterable[Delivery], requeue: bool = True, reason: str = "nacked") -> Settled:
+        """Nack many deliveries at once; awaitable, never blocks the loop."""
+        return self.sync.nack(deliveries, requeue, reason)
 
     async def run(
         self,
@@ -321,9 +294,8 @@ class AsyncSubscription:
 
 async def _handle(handler: AsyncHandler, delivery: Delivery) -> None:
     """Run one handler call: ack on return, nack (requeue) on raise, requeue on cancellation."""
-    wrapped = AsyncDelivery(delivery)
     try:
-        result = handler(wrapped)
+        result = handler(delivery)
         if inspect.isawaitable(result):
             await result
     except asyncio.CancelledError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol, TypeAlias
 
@@ -154,13 +154,30 @@ class Settler(Protocol):
     def ack_one(self, delivery: Delivery) -> None: ...
 
 
+class Settled:
+    """What ``ack()`` and ``nack()`` return: nothing to wait for, yet awaitable, so that
+    ``await delivery.ack()`` in asyncio code and ``delivery.ack()`` in threads are one API."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+    def __repr__(self) -> str:
+        return "<bridgeq settled>"
+
+
+SETTLED = Settled()
+
+
 class Delivery:
     """An incoming message, to be acked once processed.
 
     ``attempt`` counts deliveries of this message to the group, from 1.
     ``ack()`` and ``nack()`` are non-blocking, may be called from any thread,
     and repeating the same one is a no-op; a conflicting one raises
-    :class:`DeliveryStateError`. ``token`` belongs to the backend.
+    :class:`DeliveryStateError`. Both may be awaited (``await d.ack()``) in
+    asyncio code. ``token`` belongs to the backend.
     """
 
     __slots__ = (
@@ -203,17 +220,19 @@ class Delivery:
         """True when this message was delivered to the group before."""
         return self.attempt > 1
 
-    def ack(self) -> None:
+    def ack(self) -> Settled:
         """Mark the message processed; the broker will not deliver it to this group again."""
         settler = self.settler
         if self.state is PENDING and settler is not None:
             settler.ack_one(self)
         else:
             self._settle(ACKED, "")
+        return SETTLED
 
-    def nack(self, requeue: bool = True, reason: str = "") -> None:
+    def nack(self, requeue: bool = True, reason: str = "") -> Settled:
         """Give the message back: delivered again (``requeue``) or moved to the dead-letter topic."""
         self._settle(REQUEUED if requeue else DEAD_LETTERED, reason or "nacked")
+        return SETTLED
 
     def _settle(self, outcome: Settlement, reason: str) -> None:
         if self.state is not PENDING:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridgeq import wire
 from bridgeq.errors import ClosedError, DeliveryStateError
-from bridgeq.message import ACKED, DEAD_LETTERED, PENDING, REQUEUED, Delivery, Settlement
+from bridgeq.message import ACKED, DEAD_LETTERED, PENDING, REQUEUED, SETTLED, Delivery, Settled, Settlement
 from bridgeq.settle import flusher
 from bridgeq.spi import BackendConsumer
 
@@ -239,13 +239,15 @@ class Subscription:
         elif waiting == 1:
             flusher.register(self)
 
-    def ack(self, deliveries: Iterable[Delivery]) -> None:
+    def ack(self, deliveries: Iterable[Delivery]) -> Settled:
         """Ack many deliveries at once: the same as ``d.ack()`` for each, with one lock round."""
         self._settle_many(deliveries, ACKED, "")
+        return SETTLED
 
-    def nack(self, deliveries: Iterable[Delivery], requeue: bool = True, reason: str = "nacked") -> None:
+    def nack(self, deliveries: Iterable[Delivery], requeue: bool = True, reason: str = "nacked") -> Settled:
         """Nack many deliveries at once: the same as ``d.nack(requeue)`` for each."""
         self._settle_many(deliveries, REQUEUED if requeue else DEAD_LETTERED, reason)
+        return SETTLED
 
     def _settle_many(self, deliveries: Iterable[Delivery], outcome: Settlement, reason: str) -> None:
         batch = list(deliveries)

@@ -77,6 +77,7 @@ def test_a_missing_broker_is_skipped_with_its_reason(pytester, monkeypatch):
         "bridgeq.testing.cases",
         "--bridgeq-backends",
         "redis",
+        "--bridgeq-styles=sync",
         "-p",
         "no:cacheprovider",
         "-k",
@@ -96,6 +97,7 @@ def test_a_missing_broker_fails_when_required(pytester, monkeypatch):
         "bridgeq.testing.cases",
         "--bridgeq-backends",
         "redis",
+        "--bridgeq-styles=sync",
         "-p",
         "no:cacheprovider",
         "-k",
@@ -115,6 +117,7 @@ def test_unsupported_cases_are_reported_as_such(pytester):
         "no:cacheprovider",
         "-k",
         "sigkill",
+        "--bridgeq-styles=sync",
     )
     result.stdout.fnmatch_lines(["*1 unsupported*"])
     assert result.ret == 0

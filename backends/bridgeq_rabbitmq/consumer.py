@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import deque
@@ -75,23 +76,21 @@ class RabbitMQConsumer(BackendConsumer):
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         if self._settlements:
             self._link.submit(self._io_flush)
-        if self._lost:
-            self._lost = False
-            raise ConnectionLost(
-                f"lost the broker while consuming {self.topic!r} as {self.group!r}; "
-                "unacked deliveries will come again (reconnecting)"
-            )
         left, inbox = self._left, self._inbox
-        if not left:
-            try:
+        if not left and not self._lost:
+            with contextlib.suppress(Empty):
                 left.extend(inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait())
-            except Empty:
-                return []
         while len(left) < max_messages:
             try:
                 left.extend(inbox.get_nowait())
             except Empty:
                 break
+        if self._lost:  # reported before anything that came over the new connection
+            self._lost = False
+            raise ConnectionLost(
+                f"lost the broker while consuming {self.topic!r} as {self.group!r}; "
+                "unacked deliveries will come again (reconnecting)"
+            )
         items = [left.popleft() for _ in range(min(max_messages, len(left)))]
         epoch, topic, group = self.epoch, self.topic, self.group
         return [

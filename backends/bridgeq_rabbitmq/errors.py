@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from concurrent.futures import CancelledError
 
 from pika import exceptions as pe
@@ -22,6 +23,7 @@ class PublishConnectionLost(PublishError, ConnectionLost):
 ERRORS: ErrorTable = (
     ((pe.ProbableAuthenticationError, pe.AuthenticationError, pe.ProbableAccessDeniedError), ConfigError),
     ((pe.ShortStringTooLong, pe.InvalidFieldTypeException, pe.UnsupportedAMQPFieldException), ConfigError),
+    (ssl.SSLCertVerificationError, ConfigError),  # an untrusted or misnamed server certificate
     ((pe.AMQPConnectionError, pe.AMQPChannelError, pe.AMQPError, pe.ChannelError), ConnectionLost),
     ((OSError, TimeoutError, CancelledError), ConnectionLost),
 )

@@ -103,7 +103,7 @@ async def _subscribe(broker: aio.AsyncBroker, topic: str, group: str, options: d
 class DeliveryView:
     """Looks like :class:`bridgeq.Delivery`; ack and nack are awaited on the loop."""
 
-    def __init__(self, delivery: aio.AsyncDelivery, loop: LoopThread) -> None:
+    def __init__(self, delivery: Delivery, loop: LoopThread) -> None:
         self.aio = delivery
         self._loop = loop
 
@@ -111,10 +111,14 @@ class DeliveryView:
         return getattr(self.aio, name)
 
     def ack(self) -> None:
-        self._loop.run(self.aio.ack())
+        self._loop.run(_settle(self.aio.ack))
 
     def nack(self, requeue: bool = True, reason: str = "") -> None:
-        self._loop.run(self.aio.nack(requeue, reason))
+        self._loop.run(_settle(self.aio.nack, requeue, reason))
+
+
+async def _settle(settle: Callable[..., Any], *args: Any) -> None:
+    await settle(*args)
 
 
 class Subscription:
@@ -129,7 +133,7 @@ class Subscription:
             return getattr(self.aio, name)
         raise AttributeError(name)
 
-    def _view(self, delivery: aio.AsyncDelivery | None) -> DeliveryView | None:
+    def _view(self, delivery: Delivery | None) -> DeliveryView | None:
         return None if delivery is None else DeliveryView(delivery, self._loop)
 
     def receive(self, timeout: float | None = None) -> DeliveryView | None:
@@ -152,13 +156,13 @@ class Subscription:
     ) -> int:
         loop = self._loop
 
-        async def call(delivery: aio.AsyncDelivery) -> None:
-            handler(_SettleInline(delivery))
+        async def call(delivery: Delivery) -> None:
+            handler(delivery)
 
         return loop.run(self.aio.run(call, concurrency=2, stop_after=stop_after, idle_timeout=idle_timeout))
 
     def ack(self, deliveries: list[DeliveryView]) -> None:
-        self._loop.run(self.aio.ack([d.aio for d in deliveries]))
+        self._loop.run(_settle(self.aio.ack, [d.aio for d in deliveries]))
 
     def flush(self) -> None:
         self._loop.run(self.aio.flush())
@@ -173,23 +177,7 @@ class Subscription:
         self.close()
 
 
-class _SettleInline:
-    """A delivery as a handler inside ``run`` sees it: already on the loop, so settle directly."""
-
-    def __init__(self, delivery: aio.AsyncDelivery) -> None:
-        self.aio = delivery
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.aio, name)
-
-    def ack(self) -> None:
-        self.aio.sync.ack()
-
-    def nack(self, requeue: bool = True, reason: str = "") -> None:
-        self.aio.sync.nack(requeue, reason)
-
-
-async def _next(iterator: Any) -> aio.AsyncDelivery:
+async def _next(iterator: Any) -> Delivery:
     return await iterator.__anext__()
 
 

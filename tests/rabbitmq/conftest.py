@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -50,6 +50,12 @@ def raw_parameters(url: str) -> pika.ConnectionParameters:
         virtual_host=u.path or "/",
         credentials=pika.PlainCredentials(u.username or "guest", u.password or "guest"),
     )
+
+
+@pytest.fixture
+def url_with(rabbitmq_url: str) -> Callable[..., str]:
+    """The test URL with some options set: ``url_with(heartbeat=2)``."""
+    return lambda **options: with_options(rabbitmq_url, **options)
 
 
 @pytest.fixture
