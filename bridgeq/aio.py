@@ -109,8 +109,7 @@ class AsyncBroker:
         return message.id
 
     async def publish_batch(self, topic: str, messages: Iterable[Message | Body]) -> list[str]:
-        batch = [m if isinstance(m, Message) else Message(m) for m in messages]
-        return await self._call(self.sync.publish_batch, topic, batch)
+        return await self._call(self.sync.publish_batch, topic, messages)
 
     def subscribe(self, topic: str, group: str, **options: Any) -> _Opening[AsyncSubscription]:
         """Join ``group``: ``await broker.subscribe(...)`` or ``async with broker.subscribe(...) as sub``.
@@ -161,7 +160,8 @@ class AsyncSubscription:
         self._reader = reader
         self._inline = inline
         self._ready: deque[Delivery] = deque()
-        sync.flush_soon = lambda: reader.submit(sync.flush_if_idle)
+        if not inline:  # sending acks waits on the network: never on the loop. They go with
+            sync.flush_soon = _later  # the next fetch (one thread hop for both), or the linger thread.
 
     topic = property(lambda self: self.sync.topic)
     group = property(lambda self: self.sync.group)
@@ -290,6 +290,10 @@ class AsyncSubscription:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _later() -> None:
+    """Acks waiting past ``ack_batch`` in asyncio: left for the next fetch or the linger thread."""
 
 
 async def _handle(handler: AsyncHandler, delivery: Delivery) -> None:

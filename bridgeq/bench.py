@@ -7,6 +7,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
+from bridgeq.aio import AsyncBroker
 from bridgeq.api import Broker
 from bridgeq.message import Message
 
@@ -61,9 +62,56 @@ def run_bench(
             latencies = _round_trips(broker, sub, topic, body, latency_samples)
     finally:
         broker.delete(topic)
+    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies)
+
+
+async def run_bench_async(
+    broker: AsyncBroker, messages: int = 10_000, size: int = 100, batch: int = 100, latency_samples: int = 200
+) -> BenchResult:
+    """:func:`run_bench` through :mod:`bridgeq.aio`, the same steps awaited."""
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    group = "bench"
+    await broker.declare(topic, group)
+    try:
+        body = b"x" * size
+        batches = [[Message(body) for _ in range(min(batch, messages - i))] for i in range(0, messages, batch)]
+        async with broker.subscribe(topic, group, prefetch=max(batch, 100)) as sub:
+            await sub.receive(timeout=0.5)
+            started = time.perf_counter()
+            for chunk in batches:
+                await broker.publish_batch(topic, chunk)
+            publish_rate = messages / (time.perf_counter() - started)
+            started = time.perf_counter()
+            received = 0
+            while received < messages:
+                got = await sub.receive_batch(batch, timeout=30)
+                if not got:
+                    raise TimeoutError(f"bench: only {received} of {messages} messages came back")
+                for delivery in got:
+                    await delivery.ack()
+                received += len(got)
+            await sub.flush()
+            consume_rate = messages / (time.perf_counter() - started)
+            latencies = []
+            for _ in range(latency_samples):
+                sent = time.perf_counter_ns()
+                await broker.publish(topic, body, headers={STAMP_HEADER: str(sent)})
+                probe = await sub.receive(timeout=30)
+                if probe is None:
+                    raise TimeoutError("bench: a latency probe did not come back")
+                latencies.append((time.perf_counter_ns() - int(probe.headers[STAMP_HEADER])) / 1e6)
+                await probe.ack()
+    finally:
+        await broker.delete(topic)
+    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies)
+
+
+def _result(
+    url: str, messages: int, size: int, batch: int, publish_rate: float, consume_rate: float, latencies: list[float]
+) -> BenchResult:
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return BenchResult(
-        url=str(broker.url),
+        url=url,
         messages=messages,
         size=size,
         batch=batch,
@@ -89,3 +137,19 @@ def _round_trips(broker: Broker, sub: object, topic: str, body: bytes, samples: 
         latencies.append((time.perf_counter_ns() - int(delivery.headers[STAMP_HEADER])) / 1e6)
         delivery.ack()
     return latencies
+
+
+def median_result(results: list[BenchResult]) -> BenchResult:
+    """The median of each figure over several runs of the same bench."""
+    first = results[0]
+    return BenchResult(
+        url=first.url,
+        messages=first.messages,
+        size=first.size,
+        batch=first.batch,
+        publish_rate=statistics.median(r.publish_rate for r in results),
+        consume_rate=statistics.median(r.consume_rate for r in results),
+        latency_p50_ms=statistics.median(r.latency_p50_ms for r in results),
+        latency_p99_ms=statistics.median(r.latency_p99_ms for r in results),
+        latency_samples=sum(r.latency_samples for r in results),
+    )

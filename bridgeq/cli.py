@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 import bridgeq
+from bridgeq.bench import BenchResult
 from bridgeq.errors import BridgeqError, ConfigError
 from bridgeq.metrics import QueueModel, RateSampler, format_seconds
 
@@ -291,22 +292,48 @@ def stats(url: str, topic: str, group: str, interval: float) -> None:
 @click.option("--size", default=100, show_default=True, help="body size in bytes")
 @click.option("--batch", default=100, show_default=True, help="publish and receive batch size")
 @click.option("--json", "as_json", is_flag=True)
-def bench(url: str, messages: int, size: int, batch: int, as_json: bool) -> None:
+@click.option("--async", "through_asyncio", is_flag=True, help="also run through bridgeq.aio and compare")
+@click.option("--rounds", default=1, show_default=True, help="alternate runs; the median of each figure is shown")
+def bench(url: str, messages: int, size: int, batch: int, as_json: bool, through_asyncio: bool, rounds: int) -> None:
     """Measure R (publish), C (consume+ack) and publish->receive latency p50/p99."""
-    from bridgeq.bench import run_bench
+    import asyncio
 
-    with _connected(url) as broker, err.status(f"benchmarking {broker.url}: {messages:,} messages of {size} B"):
-        result = run_bench(broker, messages, size, batch)
+    from bridgeq import aio
+    from bridgeq.bench import median_result, run_bench, run_bench_async
+
+    async def async_run() -> BenchResult:
+        async with aio.connect(url) as broker:
+            return await run_bench_async(broker, messages, size, batch)
+
+    runs: dict[str, list[BenchResult]] = {"sync": [], "asyncio": []}
+    with err.status(f"benchmarking {url}: {messages:,} messages of {size} B, {rounds} round(s)"):
+        for _ in range(rounds):
+            with _connected(url) as broker:
+                runs["sync"].append(run_bench(broker, messages, size, batch))
+            if through_asyncio:
+                runs["asyncio"].append(asyncio.run(async_run()))
+    results = {api: median_result(found) for api, found in runs.items() if found}
     if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
+        click.echo(json.dumps({api: r.as_dict() for api, r in results.items()}, indent=2))
         return
-    table = Table(title=f"bridgeq bench {result.url}: {messages:,} x {size} B, batch {batch}")
-    for column in ("R publish msg/s", "C consume+ack msg/s", "latency p50 ms", "latency p99 ms"):
+    table = Table(title=f"bridgeq bench {results['sync'].url}: {messages:,} x {size} B, batch {batch}")
+    for column in ("API", "R publish msg/s", "C consume+ack msg/s", "latency p50 ms", "latency p99 ms"):
         table.add_column(column, justify="right")
-    table.add_row(
-        f"{result.publish_rate:,.0f}",
-        f"{result.consume_rate:,.0f}",
-        f"{result.latency_p50_ms:.3f}",
-        f"{result.latency_p99_ms:.3f}",
-    )
+    for api, result in results.items():
+        table.add_row(
+            api,
+            f"{result.publish_rate:,.0f}",
+            f"{result.consume_rate:,.0f}",
+            f"{result.latency_p50_ms:.3f}",
+            f"{result.latency_p99_ms:.3f}",
+        )
+    if through_asyncio:
+        sync, other = results["sync"], results["asyncio"]
+        table.add_row(
+            "asyncio / sync",
+            f"{other.publish_rate / sync.publish_rate:.2f}x",
+            f"{other.consume_rate / sync.consume_rate:.2f}x",
+            f"{other.latency_p50_ms / sync.latency_p50_ms:.2f}x",
+            f"{other.latency_p99_ms / sync.latency_p99_ms:.2f}x",
+        )
     out.print(table)

@@ -98,7 +98,9 @@ def start(backend: str) -> Target:
         container, url = recipe(name)
     except Exception as exc:  # the engine answered but this broker did not come up: say so in one line
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        return Target(backend, None, f"{url_env(backend)} is not set and {name} did not start: {type(exc).__name__}: {detail}")
+        return Target(
+            backend, None, f"{url_env(backend)} is not set and {name} did not start: {type(exc).__name__}: {detail}"
+        )
     done = Started(backend, name, container.get_wrapped_container().id, url, time.monotonic() - began)
     started.append(done)
     log.info("%s at %s", done, url)
@@ -311,7 +313,9 @@ def restart(backend: str, container_id: str, url: str, timeout: float = START_TI
     container.reload()
     mapped = container.ports.get(f"{PORTS[backend]}/tcp") or []
     if mapped and int(mapped[0]["HostPort"]) != port:
-        raise RuntimeError(f"{backend}: after the restart the engine published port {mapped[0]['HostPort']}, not {port}")
+        raise RuntimeError(
+            f"{backend}: after the restart the engine published port {mapped[0]['HostPort']}, not {port}"
+        )
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(OSError):
