@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol, TypeAlias
 
@@ -160,8 +160,8 @@ class Settled:
 
     __slots__ = ()
 
-    def __await__(self) -> Iterator[None]:
-        return iter(())
+    def __await__(self) -> Generator[None, None, None]:
+        yield from ()
 
     def __repr__(self) -> str:
         return "<bridgeq settled>"
