@@ -337,3 +337,135 @@ def bench(url: str, messages: int, size: int, batch: int, as_json: bool, through
             f"{other.latency_p99_ms / sync.latency_p99_ms:.2f}x",
         )
     out.print(table)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("destination")
+@click.option("--topic", required=True, help="the source topic")
+@click.option("--group", default=None, help="read as this group (default: a dedicated migration group)")
+@click.option("--to-topic", default=None, help="the destination topic (default: the same name)")
+@click.option("--checkpoint", default=None, help="progress file; rerun the same command to resume")
+@click.option("--dry-run", is_flag=True, help="move nothing: show what would move and what differs")
+@click.option("--verify", is_flag=True, help="afterwards, read the destination back and compare")
+@click.option("--follow", is_flag=True, help="keep bridging new messages until Ctrl-C or SIGTERM")
+@click.option("--rate", type=float, default=None, help="at most this many messages per second")
+@click.option("--batch", default=500, show_default=True, help="messages per confirmed batch")
+@click.option("--idle-timeout", default=2.0, show_default=True, help="stop after this long with nothing new")
+@click.option("--json", "as_json", is_flag=True)
+def migrate(
+    source: str,
+    destination: str,
+    topic: str,
+    group: str | None,
+    to_topic: str | None,
+    checkpoint: str | None,
+    dry_run: bool,
+    verify: bool,
+    follow: bool,
+    rate: float | None,
+    batch: int,
+    idle_timeout: float,
+    as_json: bool,
+) -> None:
+    """Move (or with --follow, mirror) a topic from SOURCE to DESTINATION, losing nothing."""
+    import threading
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from bridgeq import migrate as migration
+
+    stop = threading.Event()
+    bar = Progress(
+        TextColumn("[bold]migrating[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>10,.0f} msg/s  L={task.fields[waiting]}  eta {task.fields[eta]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or dry_run,
+    )
+    task = bar.add_task("moving", total=None, rate=0.0, waiting="?", eta="?")
+
+    def show(status: migration.MigrationStatus) -> None:
+        total = status.moved + status.waiting if status.waiting is not None else None
+        eta = format_seconds(status.eta_seconds) if status.eta_seconds is not None else "?"
+        waiting = "?" if status.waiting is None else f"{status.waiting:,}"
+        bar.update(task, completed=status.moved, total=total, rate=status.rate, waiting=waiting, eta=eta)
+
+    with bar, migration.stop_on_signals(stop):
+        report = migration.migrate(
+            source,
+            destination,
+            topic,
+            group=group,
+            to_topic=to_topic,
+            checkpoint=checkpoint,
+            dry_run=dry_run,
+            verify=verify,
+            follow=follow,
+            rate=rate,
+            batch=batch,
+            idle_timeout=idle_timeout,
+            progress=show,
+            stop=stop,
+        )
+    if as_json:
+        click.echo(json.dumps(_report_dict(report), indent=2))
+    else:
+        _print_report(report)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(report)
+    data["rate"] = report.rate
+    data["ok"] = report.ok
+    data["capability_diff"] = [{"capability": n, "source": s, "destination": d} for n, s, d in report.capability_diff]
+    return data
+
+
+def _print_report(report: Any) -> None:
+    table = Table(title=f"migrate {report.topic} -> {report.to_topic}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("source", report.source)
+    table.add_row("destination", report.destination)
+    table.add_row("group", report.group)
+    if report.dry_run:
+        table.add_row("waiting to move (L)", "unknown" if report.waiting is None else f"{report.waiting:,}")
+    else:
+        table.add_row("moved in all (manifest)", f"{report.moved:,}")
+        table.add_row("moved this run", f"{report.moved_this_run:,}")
+        table.add_row("rate", f"{report.rate:,.0f} msg/s")
+        table.add_row("resumed from checkpoint", "yes" if report.resumed else "no")
+        table.add_row("redeliveries skipped (already moved)", f"{report.skipped_duplicates:,}")
+        table.add_row("duplicates possible after a crash", f"at most {report.in_flight_window:,} (in-flight window)")
+    out.print(table)
+    diff = Table(title="capabilities that matter for this move")
+    for column in ("capability", "source", "destination"):
+        diff.add_column(column)
+    for name, here, there in report.capability_diff:
+        style = "" if here == there else "yellow"
+        diff.add_row(name, str(here), f"[{style}]{there}[/]" if style else str(there))
+    out.print(diff)
+    for warning in report.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+    if report.verify is not None:
+        verified = Table(title="verify: destination against the manifest")
+        for column in ("expected", "received", "missing", "extra", "duplicated", "altered", "result"):
+            verified.add_column(column, justify="right")
+        v = report.verify
+        verified.add_row(
+            *(f"{n:,}" for n in (v.expected, v.received, v.missing, v.extra, v.duplicated, v.altered)),
+            "[green]ok[/]" if v.ok else "[bold red]LOSS OR ALTERATION[/]",
+        )
+        out.print(verified)
+
+
+if __name__ == "__main__":
+    main()

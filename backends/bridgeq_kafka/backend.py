@@ -61,6 +61,7 @@ class KafkaBackend(Backend):
         self._producer: KafkaProducer | None = None
         self._admin: KafkaAdminClient | None = None
         self._known: set[str] = set()  # topics this backend made sure exist
+        self._api_version: tuple[int, ...] | None = None  # learnt from the first client: later ones skip a probe
         self._closed = False
 
     # -- clients, made on first use --------------------------------------------------------
@@ -84,6 +85,7 @@ class KafkaBackend(Backend):
                         self._producer = KafkaProducer(
                             **self._common, **self.producer_settings(), partitioner=RunPartitioner()
                         )
+                        self._api_version = self._api_version or self._producer.config["api_version"]
                     except (ValueError, RuntimeError) as exc:  # e.g. a codec whose library is missing
                         raise ConfigError(f"kafka producer: {exc}") from exc
             return self._producer
@@ -243,7 +245,11 @@ class KafkaBackend(Backend):
             partition_assignment_strategy=[ASSIGNORS[opts.assignor]],
             max_partition_fetch_bytes=self._frame,
         )
-        return KafkaMember(config, self._name(topic), topic, group, close_ms=min(opts.timeout_ms, 10000))
+        if self._api_version is not None:  # without it, a new consumer probes and waits ~100 ms more to join
+            config["api_version"] = self._api_version
+        member = KafkaMember(config, self._name(topic), topic, group, close_ms=min(opts.timeout_ms, 10000))
+        self._api_version = self._api_version or member.api_version
+        return member
 
     def depth(self, topic: str, group: str) -> int | None:
         return sum(end - settled for end, settled in self._positions(topic, group))
@@ -333,6 +339,7 @@ def _client_config(url: BrokerURL, options: KafkaOptions) -> dict[str, Any]:
         "bootstrap_servers": servers,
         "client_id": options.client_id,
         "request_timeout_ms": options.timeout_ms,
+        "retry_backoff_ms": options.retry_backoff_ms,
         "bootstrap_timeout_ms": options.timeout_ms,
         "security_protocol": protocol,
         "ssl_check_hostname": options.ssl_check_hostname,

@@ -45,6 +45,11 @@ class KafkaMember(BackendConsumer):
             self._consumer = KafkaConsumer(**config)
             self._consumer.subscribe([kafka_topic], listener=_Listener(self))
 
+    @property
+    def api_version(self) -> tuple[int, ...]:
+        """The protocol level the client settled on with the broker."""
+        return tuple(self._consumer.config["api_version"])
+
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         out: list[Delivery] = []
         while self._redeliveries and len(out) < max_messages:

@@ -44,6 +44,7 @@ class KafkaOptions:
     assignor: Literal["range", "roundrobin", "cooperative-sticky"] = option(
         "range", "how partitions are shared in a group (cooperative-sticky moves fewer on rebalance)"
     )
+    retry_backoff_ms: int = option(20, "wait before retrying a failed request; also paces a new member's first steps")
     timeout_ms: int = option(30000, "how long to wait for the broker: connecting, requests, publish confirmations")
     client_id: str = option("bridgeq", "client id the broker logs and quotas see")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = option(

@@ -1,0 +1,152 @@
+"""Migration: every ordered pair of brokers, resume after SIGKILL, verify, dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import bridgeq
+from bridgeq.migrate import VERIFY_GROUP, migrate
+from bridgeq.testing.support import collect
+from tests.migrate_support import REAL, cleanup, fill, fresh_topic, url_of
+
+PAIRS = [(a, b) for a in REAL for b in REAL if a != b] + [("memory", b) for b in REAL]
+COUNT = 10_000
+
+
+@pytest.mark.parametrize(("source", "destination"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
+def test_moves_every_message_unchanged(source, destination, tmp_path):
+    src_url = "memory://mig-src" if source == "memory" else url_of(source)
+    dst_url = url_of(destination)
+    topic, to_topic = fresh_topic(), fresh_topic()
+    try:
+        sent = fill(src_url, topic, COUNT)
+        report = migrate(src_url, dst_url, topic, to_topic=to_topic, verify=True, checkpoint=str(tmp_path / "ck"))
+        assert report.moved == COUNT
+        assert report.verify is not None
+        assert (report.verify.missing, report.verify.altered, report.verify.extra) == (0, 0, 0), report.verify
+        assert report.verify.received == COUNT
+        assert len(sent) == COUNT
+    finally:
+        cleanup(src_url, topic)
+        cleanup(dst_url, to_topic)
+
+
+def test_memory_round_trip_keeps_ids_bodies_keys_and_headers():
+    topic = fresh_topic()
+    sent = fill("memory://a", topic, 500)
+    with bridgeq.connect("memory://b") as dst:
+        dst.declare(topic, "app")
+        migrate("memory://a", "memory://b", topic, idle_timeout=0.3)
+        with dst.subscribe(topic, "app") as sub:
+            got = collect(sub, 500, wait=2)
+    assert {d.id: (d.body, d.key, dict(d.headers)) for d in got} == sent
+
+
+def test_altered_and_missing_messages_are_counted(tmp_path):
+    topic = fresh_topic()
+    fill("memory://alt-src", topic, 50)
+    with bridgeq.connect("memory://alt-dst") as dst:
+        dst.declare(topic, VERIFY_GROUP)
+        real_publish = dst.backend.publish
+    report = migrate("memory://alt-src", "memory://alt-dst", topic, idle_timeout=0.3, checkpoint=str(tmp_path / "c"))
+    assert report.moved == 50
+    # Tamper with the destination: drain what arrived, put back one altered and drop one.
+    with bridgeq.connect("memory://alt-dst") as dst, dst.subscribe(topic, VERIFY_GROUP) as sub:
+        got = collect(sub, 50, wait=2)
+        kept = [d.to_message() for d in got[2:]]
+        altered = got[0].to_message()
+        altered.body = b"tampered"
+        dst.publish_batch(topic, [altered, *kept])
+    from bridgeq.manifest import Manifest
+    from bridgeq.migrate import verify_destination
+
+    manifest = Manifest(str(tmp_path / "c"), json.loads((tmp_path / "c").read_text())["identity"])
+    with bridgeq.connect("memory://alt-dst") as dst:
+        verdict = verify_destination(dst, topic, manifest, idle_timeout=0.3)
+    manifest.close()
+    assert (verdict.missing, verdict.altered, verdict.extra, verdict.duplicated) == (1, 1, 0, 0)
+    assert not verdict.ok
+    assert real_publish is not None
+
+
+def test_a_checkpoint_of_another_migration_is_refused(tmp_path):
+    checkpoint = str(tmp_path / "ck")
+    fill("memory://c1", "one", 1)
+    migrate("memory://c1", "memory://c2", "one", checkpoint=checkpoint, idle_timeout=0.2)
+    with pytest.raises(bridgeq.ConfigError, match="belongs to another migration"):
+        migrate("memory://c1", "memory://c2", "two", checkpoint=checkpoint, idle_timeout=0.2)
+
+
+def test_dry_run_moves_nothing_and_compares_capabilities():
+    topic = fresh_topic()
+    fill("memory://dry", topic, 20)
+    report = migrate("memory://dry", "memory://dry-dst", topic, dry_run=True)
+    assert report.waiting == 20
+    assert report.moved == 0
+    assert {name for name, _, _ in report.capability_diff} >= {"ordered_per_key", "max_message_size", "replay"}
+    with bridgeq.connect("memory://dry") as src:
+        assert src.depth(topic, "bridgeq-migrate") == 20
+
+
+def test_bad_names_are_refused_before_connecting():
+    with pytest.raises(bridgeq.ConfigError):
+        migrate("memory://", "memory://", "bad name")
+
+
+@pytest.mark.parametrize("source", REAL)
+def test_sigkill_mid_way_then_resume_loses_nothing(source, tmp_path):
+    """Kill the CLI mid-migration, rerun the same command: verify finds nothing missing."""
+    src_url = url_of(source)
+    dst_url = url_of("redis" if source != "redis" else "kafka")
+    topic, to_topic = fresh_topic(), fresh_topic()
+    checkpoint = tmp_path / "ck.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bridgeq.cli",
+        "migrate",
+        src_url,
+        dst_url,
+        "--topic",
+        topic,
+        "--to-topic",
+        to_topic,
+        "--checkpoint",
+        str(checkpoint),
+        "--batch",
+        "200",
+        "--rate",
+        "4000",
+        "--verify",
+        "--json",
+    ]
+    try:
+        fill(src_url, topic, COUNT)
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if checkpoint.exists() and json.loads(checkpoint.read_text() or "{}").get("moved", 0) >= COUNT // 4:
+                break
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        moved_before = json.loads(checkpoint.read_text())["moved"]
+        assert 0 < moved_before < COUNT, "the kill must land mid-way"
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr[-2000:]
+        report = json.loads(second.stdout)
+        verdict = report["verify"]
+        assert report["resumed"] is True
+        assert (verdict["missing"], verdict["altered"], verdict["extra"]) == (0, 0, 0)
+        assert verdict["duplicated"] <= report["in_flight_window"]
+        assert report["moved"] == COUNT
+    finally:
+        cleanup(src_url, topic)
+        cleanup(dst_url, to_topic)
