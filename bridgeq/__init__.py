@@ -25,6 +25,7 @@ from bridgeq.errors import (
 )
 from bridgeq.message import Delivery, Message, Settlement
 from bridgeq.metrics import QueueModel
+from bridgeq.migration import MigrationReport, VerifyReport, migrate
 from bridgeq.subscription import Subscription
 from bridgeq.url import BrokerURL
 
@@ -42,11 +43,14 @@ __all__ = [
     "DeliveryStateError",
     "Message",
     "MessageTooLarge",
+    "MigrationReport",
     "PublishError",
     "QueueModel",
     "Settlement",
     "Subscription",
     "UnsupportedFeature",
+    "VerifyReport",
     "__version__",
     "connect",
+    "migrate",
 ]

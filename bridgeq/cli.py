@@ -373,7 +373,7 @@ def migrate(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from bridgeq import migrate as migration
+    from bridgeq import migration
 
     stop = threading.Event()
     bar = Progress(

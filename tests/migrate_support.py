@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 import bridgeq
-from bridgeq.migrate import DEFAULT_GROUP
+from bridgeq.migration import DEFAULT_GROUP
 from bridgeq.testing.targets import required, resolve_target
 
 REAL = ("redis", "rabbitmq", "kafka")

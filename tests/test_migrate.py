@@ -12,7 +12,7 @@ import time
 import pytest
 
 import bridgeq
-from bridgeq.migrate import VERIFY_GROUP, migrate
+from bridgeq.migration import VERIFY_GROUP, migrate
 from bridgeq.testing.support import collect
 from tests.migrate_support import REAL, cleanup, fill, fresh_topic, url_of
 
@@ -65,7 +65,7 @@ def test_altered_and_missing_messages_are_counted(tmp_path):
         altered.body = b"tampered"
         dst.publish_batch(topic, [altered, *kept])
     from bridgeq.manifest import Manifest
-    from bridgeq.migrate import verify_destination
+    from bridgeq.migration import verify_destination
 
     manifest = Manifest(str(tmp_path / "c"), json.loads((tmp_path / "c").read_text())["identity"])
     with bridgeq.connect("memory://alt-dst") as dst:

@@ -16,13 +16,16 @@ def test_exported_names():
         "DeliveryStateError",
         "Message",
         "MessageTooLarge",
+        "MigrationReport",
         "PublishError",
         "QueueModel",
         "Settlement",
         "Subscription",
         "UnsupportedFeature",
+        "VerifyReport",
         "__version__",
         "connect",
+        "migrate",
     }
     for name in bridgeq.__all__:
         assert hasattr(bridgeq, name)
