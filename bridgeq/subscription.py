@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bridgeq import wire
-from bridgeq.errors import ClosedError, DeliveryStateError
+from bridgeq.errors import ClosedError, ConnectionLost, DeliveryStateError
 from bridgeq.message import ACKED, DEAD_LETTERED, PENDING, REQUEUED, SETTLED, Delivery, Settled, Settlement
 from bridgeq.settle import flusher
 from bridgeq.spi import BackendConsumer
@@ -27,6 +27,9 @@ log = logging.getLogger("bridgeq")
 
 FETCH_SLICE = 0.1
 """Longest single wait inside the backend, so close() from another thread is prompt."""
+
+RECONNECT_PATIENCE = 120.0
+"""How long a subscription keeps retrying an unreachable broker before raising ConnectionLost."""
 
 Handler = Callable[[Delivery], Any]
 
@@ -64,6 +67,7 @@ class Subscription:
         self._buffer: deque[Delivery] = deque()
         self._closed = False
         self._dead_letter_declared = False
+        self._outage: float | None = None  # when the broker became unreachable, while it is
         self.flush_soon: Callable[[], object] | None = None
         """When set (the asyncio API sets it), called instead of flushing on the acking thread."""
 
@@ -150,15 +154,25 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while not self._closed:
             remaining = FETCH_SLICE if deadline is None else deadline - time.monotonic()
+            room = 0
+            lost: ConnectionLost | None = None
             with self._io:
                 if self._closed:
                     return
-                self.flush()
-                room = self.prefetch - self._outstanding
-                if room > 0:
-                    wait = min(FETCH_SLICE, max(remaining, 0.0))
-                    if self._take(self._consumer.fetch(min(want, room), wait)):
-                        return
+                try:
+                    self.flush()
+                    room = self.prefetch - self._outstanding
+                    if room > 0:
+                        wait = min(FETCH_SLICE, max(remaining, 0.0))
+                        if self._take(self._consumer.fetch(min(want, room), wait)):
+                            self._outage = None
+                            return
+                    self._outage = None
+                except ConnectionLost as exc:
+                    lost = exc
+            if lost is not None:
+                self._wait_for_broker(lost)  # outside the lock: close() stays prompt
+                continue
             if room <= 0:
                 with self._state:  # at the prefetch limit: wait for an ack to make room
                     if self._outstanding >= self.prefetch and not self._closed:
@@ -167,6 +181,16 @@ class Subscription:
                         self._room_wanted = False
             if deadline is not None and time.monotonic() >= deadline:
                 return
+
+    def _wait_for_broker(self, exc: ConnectionLost) -> None:
+        """The broker is unreachable: back off and let the backend reconnect, up to RECONNECT_PATIENCE."""
+        now = time.monotonic()
+        if self._outage is None:
+            self._outage = now
+            log.warning("lost %s/%s, reconnecting: %s", self.topic, self.group, exc)
+        elif now - self._outage > RECONNECT_PATIENCE:
+            raise ConnectionLost(f"{self.topic}/{self.group}: broker unreachable for {now - self._outage:.0f} s: {exc}")
+        time.sleep(min(0.05 * 2 ** min(int(now - self._outage), 6), 2.0))
 
     def _take(self, deliveries: list[Delivery]) -> bool:
         """Buffer fresh deliveries; dead-letter those past max_deliveries. True if any kept."""
