@@ -78,6 +78,7 @@ class Broker:
         Every message is checked before any is sent. Not atomic: on PublishError the
         messages it does not name were accepted.
         """
+        check_name("topic", topic)
         batch = [m if type(m) is Message else _as_message(m) for m in messages]
         if batch:
             self._send(topic, batch)

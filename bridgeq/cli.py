@@ -40,10 +40,10 @@ class Command(click.Group):
             sys.exit(130)
         except click.UsageError as exc:
             where = f" (see {exc.ctx.command_path} --help)" if exc.ctx else ""
-            err.print(f"bridgeq: error: {exc.format_message()}{where}", markup=False, highlight=False)
+            _say(f"bridgeq: error: {exc.format_message()}{where}")
             sys.exit(EXIT_USAGE)
         except click.ClickException as exc:
-            err.print(f"bridgeq: error: {exc.format_message()}", markup=False, highlight=False)
+            _say(f"bridgeq: error: {exc.format_message()}")
             sys.exit(exc.exit_code)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -58,8 +58,13 @@ class Command(click.Group):
             sys.exit(130)
 
 
+def _say(line: str) -> None:
+    """One unwrapped line on stderr (rich would wrap it at the terminal width)."""
+    click.echo(" ".join(line.split()), err=True)
+
+
 def _fail(exc: BaseException, code: int) -> None:
-    err.print(f"bridgeq: error: {exc}", markup=False, highlight=False)
+    _say(f"bridgeq: error: {exc}")
     sys.exit(code)
 
 
@@ -454,7 +459,7 @@ def _print_report(report: Any) -> None:
         diff.add_row(name, str(here), f"[{style}]{there}[/]" if style else str(there))
     out.print(diff)
     for warning in report.warnings:
-        err.print(f"warning: {warning}", markup=False, highlight=False)
+        _say(f"warning: {warning}")
     if report.verify is not None:
         verified = Table(title="verify: destination against the manifest")
         for column in ("expected", "received", "missing", "extra", "duplicated", "altered", "result"):
@@ -465,6 +470,23 @@ def _print_report(report: Any) -> None:
             "[green]ok[/]" if v.ok else "[bold red]LOSS OR ALTERATION[/]",
         )
         out.print(verified)
+
+
+@main.command()
+@click.argument("scheme", required=False)
+def options(scheme: str | None) -> None:
+    """The URL options of one backend (or of every backend), read from their declarations."""
+    from bridgeq import registry
+    from bridgeq.options import describe
+
+    for name in [scheme] if scheme else registry.schemes():
+        backend = registry.load(name.lower().removesuffix("://"))
+        table = Table(title=f"{name}:// options ({backend.__module__}.{backend.__name__})")
+        for column in ("option", "type", "default", "meaning"):
+            table.add_column(column)
+        for row in describe(backend.options_type):
+            table.add_row(*row)
+        out.print(table)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -51,23 +53,29 @@ class KafkaMember(BackendConsumer):
         return tuple(self._consumer.config["api_version"])
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
-        out: list[Delivery] = []
-        while self._redeliveries and len(out) < max_messages:
-            delivery = self._redeliveries.popleft()
-            tp, ledger, _ = delivery.token
-            if self._ledgers.get(tp) is ledger:  # not revoked meanwhile
-                out.append(delivery)
-        if out:
+        with self._lock:
+            self._used = time.monotonic()
+            out: list[Delivery] = []
+            while self._redeliveries and len(out) < max_messages:
+                delivery = self._redeliveries.popleft()
+                tp, ledger, _ = delivery.token
+                if self._ledgers.get(tp) is ledger:  # not revoked meanwhile
+                    out.append(delivery)
+            if out:
+                return out
+            with translate_errors(ERRORS, self._context):
+                if self._parked:
+                    polled, self._parked = self._parked, {}
+                else:
+                    polled = self._consumer.poll(timeout_ms=max(int(timeout * 1000), 0), max_records=max_messages)
+                    self._polled = time.monotonic()
+                for tp, records in polled.items():
+                    ledger = self._ledgers.get(tp) or self._open(tp)
+                    for record in records:
+                        attempt = ledger.deliver(record.offset)
+                        if attempt:
+                            out.append(self._delivery(tp, ledger, record, attempt))
             return out
-        with translate_errors(ERRORS, self._context):
-            polled = self._consumer.poll(timeout_ms=max(int(timeout * 1000), 0), max_records=max_messages)
-            for tp, records in polled.items():
-                ledger = self._ledgers.get(tp) or self._open(tp)
-                for record in records:
-                    attempt = ledger.deliver(record.offset)
-                    if attempt:
-                        out.append(self._delivery(tp, ledger, record, attempt))
-        return out
 
     def _open(self, tp: TopicPartition) -> Ledger:
         """A ledger for a partition just assigned, from the group's commit and its metadata."""
@@ -96,23 +104,29 @@ class KafkaMember(BackendConsumer):
         return Delivery(message_id, body, headers, key, self._topic, self._group, attempt, token)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        touched: set[TopicPartition] = set()
-        for delivery in deliveries:
-            token: Token = delivery.token
-            tp, ledger, offset = token
-            if self._ledgers.get(tp) is ledger:
-                ledger.ack(offset)
-                touched.add(tp)
-        if touched:
-            self._commit(touched)
+        with self._lock:
+            self._used = time.monotonic()
+            touched: set[TopicPartition] = set()
+            for delivery in deliveries:
+                token: Token = delivery.token
+                tp, ledger, offset = token
+                if self._ledgers.get(tp) is ledger:
+                    ledger.ack(offset)
+                    touched.add(tp)
+            if touched:
+                self._commit(touched)
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
-        for d in deliveries:
-            token: Token = d.token
-            tp, ledger, offset = token
-            attempt = ledger.redeliver(offset) if self._ledgers.get(tp) is ledger else 0
-            if attempt:
-                self._redeliveries.append(Delivery(d.id, d.body, d.headers, d.key, d.topic, d.group, attempt, d.token))
+        with self._lock:
+            self._used = time.monotonic()
+            for d in deliveries:
+                token: Token = d.token
+                tp, ledger, offset = token
+                attempt = ledger.redeliver(offset) if self._ledgers.get(tp) is ledger else 0
+                if attempt:
+                    self._redeliveries.append(
+                        Delivery(d.id, d.body, d.headers, d.key, d.topic, d.group, attempt, d.token)
+                    )
 
     def _commit(self, partitions: Iterable[TopicPartition]) -> None:
         points = {}
@@ -137,6 +151,7 @@ class KafkaMember(BackendConsumer):
         """Forget revoked partitions; the commits that make what they acked stick."""
         offsets = {}
         for tp in partitions:
+            self._parked.pop(tp, None)
             ledger = self._ledgers.pop(tp, None)
             point = ledger.commit() if ledger is not None else None
             if point is not None:
@@ -144,18 +159,20 @@ class KafkaMember(BackendConsumer):
         return offsets
 
     def close(self) -> None:
-        if self._closed:
+        if self._closed.is_set():
             return
-        self._closed = True
-        try:
-            self._commit(list(self._ledgers))
-        except Exception as exc:  # at-least-once: what was not committed is delivered again
-            log.warning("%s: final commit failed (%s); its acks will be redelivered", self._context, exc)
-        finally:
-            self._ledgers.clear()
-            self._redeliveries.clear()
-            with translate_errors(ERRORS, f"leaving group {self._group!r}"):
-                self._consumer.close(autocommit=False, timeout_ms=self._close_ms)
+        self._closed.set()
+        with self._lock:
+            try:
+                self._commit(list(self._ledgers))
+            except Exception as exc:  # at-least-once: what was not committed is delivered again
+                log.warning("%s: final commit failed (%s); its acks will be redelivered", self._context, exc)
+            finally:
+                self._ledgers.clear()
+                self._redeliveries.clear()
+                self._parked.clear()
+                with translate_errors(ERRORS, f"leaving group {self._group!r}"):
+                    self._consumer.close(autocommit=False, timeout_ms=self._close_ms)
 
 
 class _Listener(AsyncConsumerRebalanceListener):

@@ -1,0 +1,60 @@
+"""Fixtures for the Kafka backend's own tests: a real broker from BRIDGEQ_TEST_KAFKA_URL.
+
+Unset: every broker test here skips, unless BRIDGEQ_TEST_REQUIRE names kafka (or
+is ``all``): then it fails. The ledger and option tests need no broker.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import bridgeq
+
+
+def _required() -> bool:
+    wanted = {p.strip().lower() for p in os.environ.get("BRIDGEQ_TEST_REQUIRE", "").split(",")}
+    return bool(wanted & {"all", "kafka"})
+
+
+def with_options(url: str, **options: object) -> str:
+    """``url`` with ``options`` added to its query string."""
+    extra = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())
+    return url + ("&" if "?" in url else "?") + extra
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> str:
+    url = os.environ.get("BRIDGEQ_TEST_KAFKA_URL")
+    if not url:
+        if _required():
+            pytest.fail("BRIDGEQ_TEST_REQUIRE names kafka but BRIDGEQ_TEST_KAFKA_URL is not set")
+        pytest.skip("BRIDGEQ_TEST_KAFKA_URL is not set")
+    return url
+
+
+@pytest.fixture
+def broker(kafka_url: str) -> Iterator[bridgeq.Broker]:
+    with bridgeq.connect(kafka_url) as connected:
+        yield connected
+
+
+@pytest.fixture
+def topic(kafka_url: str) -> Iterator[str]:
+    """A fresh topic name; the topic (and group g's dead letters) are deleted afterwards."""
+    name = f"bq-kafka-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    with bridgeq.connect(kafka_url) as cleanup:
+        cleanup.delete(name)
+        cleanup.delete(f"{name}.g.dlq")
+
+
+@pytest.fixture
+def settings(broker: bridgeq.Broker) -> dict[str, Any]:
+    """kafka-python settings for raw clients of the same broker."""
+    backend: Any = broker.backend
+    return backend.client_settings()
