@@ -247,7 +247,14 @@ class KafkaBackend(Backend):
         )
         if self._api_version is not None:  # without it, a new consumer probes and waits ~100 ms more to join
             config["api_version"] = self._api_version
-        member = KafkaMember(config, self._name(topic), topic, group, close_ms=min(opts.timeout_ms, 10000))
+        member = KafkaMember(
+            config,
+            self._name(topic),
+            topic,
+            group,
+            close_ms=min(opts.timeout_ms, 10000),
+            eager=opts.assignor != "cooperative-sticky",
+        )
         self._api_version = self._api_version or member.api_version
         return member
 

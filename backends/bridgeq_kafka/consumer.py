@@ -33,19 +33,65 @@ class KafkaMember(BackendConsumer):
     poll; its offset stays uncommitted meanwhile. When partitions are revoked the
     member commits what is safely acked and forgets them: later acks of their
     deliveries are ignored (the next owner delivers those messages again).
+
+    Kafka only lets a member take part in a rebalance from inside ``poll``. The
+    core stops fetching at the prefetch limit, and an application may work a
+    while between receives, so a keeper thread polls with every partition paused
+    whenever the member has been idle for a heartbeat interval: rebalances never
+    wait for it. It stops after ``max_poll_interval_ms`` without any call from the
+    application, and the member then leaves the group, as Kafka intends.
     """
 
-    def __init__(self, config: dict[str, Any], kafka_topic: str, topic: str, group: str, close_ms: int) -> None:
+    def __init__(
+        self, config: dict[str, Any], kafka_topic: str, topic: str, group: str, close_ms: int, eager: bool
+    ) -> None:
         self._topic = topic
+        self._eager = eager  # an eager assignor revokes every partition, then may give them back
         self._group = group
         self._close_ms = close_ms
         self._context = f"reading {topic!r} as group {group!r}"
         self._ledgers: dict[TopicPartition, Ledger] = {}
         self._redeliveries: deque[Delivery] = deque()
-        self._closed = False
+        self._parked: dict[TopicPartition, list[Any]] = {}  # records a keeper poll returned
+        self._revoked: dict[TopicPartition, Ledger] = {}  # until the rebalance ends: given back, they go on
+        self._lock = threading.RLock()  # the application's calls and the keeper's polls
+        self._used = time.monotonic()  # the application's last call
+        self._polled = self._used
+        self._closed = threading.Event()
         with translate_errors(ERRORS, f"joining group {group!r} on {topic!r}"):
             self._consumer = KafkaConsumer(**config)
             self._consumer.subscribe([kafka_topic], listener=_Listener(self))
+            # Join knowing the topic's partitions: a first join without them assigns nothing and rejoins
+            # when they arrive, and kafka-python 3.0 can lose that second join's result when polls are
+            # short (the leader then sits unassigned until its session times out).
+            self._consumer.partitions_for_topic(kafka_topic)
+        self._every = config["heartbeat_interval_ms"] / 1000
+        self._patience = config["max_poll_interval_ms"] / 1000
+        threading.Thread(target=self._keep, name=f"bridgeq-kafka-keeper-{group}", daemon=True).start()
+
+    def _keep(self) -> None:
+        """Poll, partitions paused, while the application is busy elsewhere (see the class doc)."""
+        while not self._closed.wait(self._every):
+            now = time.monotonic()
+            if now - self._polled < self._every or now - self._used > self._patience:
+                continue
+            if not self._lock.acquire(blocking=False):
+                continue
+            try:
+                if self._closed.is_set():
+                    return
+                paused = self._consumer.assignment()
+                self._consumer.pause(*paused)
+                try:
+                    for tp, records in self._consumer.poll(timeout_ms=50).items():
+                        self._parked.setdefault(tp, []).extend(records)  # assigned during this poll
+                finally:
+                    self._consumer.resume(*(paused & self._consumer.assignment()))
+                self._polled = time.monotonic()
+            except Exception as exc:  # the application's next call meets the problem itself
+                log.debug("%s: keeper poll failed: %r", self._context, exc)
+            finally:
+                self._lock.release()
 
     @property
     def api_version(self) -> tuple[int, ...]:
@@ -65,7 +111,7 @@ class KafkaMember(BackendConsumer):
                 return out
             with translate_errors(ERRORS, self._context):
                 if self._parked:
-                    polled, self._parked = self._parked, {}
+                    polled = self._unpark(max_messages)
                 else:
                     polled = self._consumer.poll(timeout_ms=max(int(timeout * 1000), 0), max_records=max_messages)
                     self._polled = time.monotonic()
@@ -76,6 +122,18 @@ class KafkaMember(BackendConsumer):
                         if attempt:
                             out.append(self._delivery(tp, ledger, record, attempt))
             return out
+
+    def _unpark(self, limit: int) -> dict[TopicPartition, list[Any]]:
+        taken: dict[TopicPartition, list[Any]] = {}
+        for tp in list(self._parked):
+            records = self._parked.pop(tp)
+            taken[tp], rest = records[:limit], records[limit:]
+            if rest:
+                self._parked[tp] = rest
+            limit -= len(taken[tp])
+            if not limit:
+                break
+        return taken
 
     def _open(self, tp: TopicPartition) -> Ledger:
         """A ledger for a partition just assigned, from the group's commit and its metadata."""
@@ -147,16 +205,19 @@ class KafkaMember(BackendConsumer):
         for ledger, point in points.values():
             ledger.sent = point
 
-    def _release(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Forget revoked partitions; the commits that make what they acked stick."""
-        offsets = {}
+    def _release(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[Ledger, tuple[int, str]]]:
+        """Take revoked partitions out of service; the commits that make what they acked stick."""
+        points = {}
         for tp in partitions:
             self._parked.pop(tp, None)
             ledger = self._ledgers.pop(tp, None)
             point = ledger.commit() if ledger is not None else None
-            if point is not None:
-                offsets[tp] = OffsetAndMetadata(point[0], point[1], -1)
-        return offsets
+            if ledger is not None:
+                if self._eager:
+                    self._revoked[tp] = ledger
+                if point is not None:
+                    points[tp] = (ledger, point)
+        return points
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -171,6 +232,7 @@ class KafkaMember(BackendConsumer):
                 self._ledgers.clear()
                 self._redeliveries.clear()
                 self._parked.clear()
+                self._revoked.clear()
                 with translate_errors(ERRORS, f"leaving group {self._group!r}"):
                     self._consumer.close(autocommit=False, timeout_ms=self._close_ms)
 
@@ -182,15 +244,27 @@ class _Listener(AsyncConsumerRebalanceListener):
         self._member = member
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        offsets = self._member._release(revoked)
-        if offsets:
+        member = self._member
+        points = member._release(revoked)
+        if points:
+            offsets = {tp: OffsetAndMetadata(point[0], point[1], -1) for tp, (_, point) in points.items()}
             try:
-                await self._member._consumer.commit_async(offsets)
+                await member._consumer.commit_async(offsets)
             except Exception as exc:
-                log.info("%s: commit on revocation failed (%s); redelivered", self._member._context, exc)
+                log.info("%s: commit on revocation failed (%s); redelivered", member._context, exc)
+            else:
+                for ledger, point in points.values():
+                    ledger.sent = point
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        pass  # ledgers open lazily, with the group's commit, on the first record
+        """A partition given back to its owner in the same rebalance (eager protocols revoke all first)
+        keeps its ledger: nobody else read it meanwhile, and acks of deliveries out there still count.
+        The others open lazily, from the group's commit, on their first record."""
+        member = self._member
+        for tp in assigned & member._revoked.keys():
+            member._ledgers[tp] = member._revoked[tp]
+        member._revoked.clear()
 
     async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
-        self._member._release(lost)  # another member owns them already: commit nothing
+        self._member._release(lost)  # another member may own them already: commit nothing
+        self._member._revoked.clear()

@@ -29,11 +29,26 @@ Mapping and wire layout (other AMQP clients read and write it):
   text (bytes as UTF-8, numbers with ``str``, booleans as true/false, tables as JSON);
   ``x-delivery-count`` becomes ``attempt``; other properties are not mapped.
 
-Publishing waits for publisher confirms (``?confirm=false`` turns them off), with every
-message of every concurrent call in flight at once; see :mod:`bridgeq_rabbitmq.link`.
-``depth`` is the queue's ready count (passive ``queue.declare``) plus the deliveries
-held unacked by this process's consumers: AMQP 0-9-1 cannot count unacked messages
-held by other connections (only the management plugin can).
+Behaviour:
+
+- publish waits for publisher confirms (``?confirm=false`` turns them off) with every
+  message of every concurrent call in flight at once (see :mod:`bridgeq_rabbitmq.link`);
+  a nack, or with ``?mandatory=true`` a message no queue takes (basic.return), is a
+  PublishError naming it. While the connection is down, publish waits up to
+  ``publish_timeout`` for the reconnection; messages in flight when it drops raise
+  :class:`PublishConnectionLost` (a PublishError and a ConnectionLost): fate unknown.
+- one I/O thread per backend owns the connection: it sends heartbeats however long a
+  handler runs, and reconnects with backoff (0.1 s doubling to 5 s) after a loss;
+  consumers resubscribe by themselves, their fetch() raises ConnectionLost once per
+  loss (and while disconnected), and acks of deliveries from a lost connection raise
+  ConnectionLost (the broker delivers those messages again).
+- ``depth`` = the queue's ready count (passive ``queue.declare``; for quorum queues too,
+  ready only) + the deliveries held unacked by this process's consumers. AMQP 0-9-1 cannot
+  count unacked messages held by other connections (only the management plugin can),
+  and while consumers are active the two halves move separately: exact when quiet.
+- ``delete`` removes the exchange and the group queues declared by this process (AMQP
+  cannot list an exchange's bindings); a subscription open while its queue is deleted
+  resubscribes, declaring it again. ``totals`` is not available (None).
 """
 
 from __future__ import annotations
@@ -112,21 +127,21 @@ class RabbitMQBackend(Backend):
             with _known_lock:
                 _known_queues.setdefault((*self._server, exchange), set()).add(queue)
 
-    def _run(self, context: str, op: Any) -> Any:
+    def _run(self, context: str, op: Any, timeout: float | None = None) -> Any:
         with translate_errors(ERRORS, context):
-            return self._link.run(op, self._options.connect_timeout)
+            return self._link.run(op, timeout or self._options.connect_timeout)
 
     # -- the contract ----------------------------------------------------------------------
 
-    def declare(self, topic: str, group: str | None) -> None:
-        self._run(f"declaring {topic!r}", lambda channel: self._declare(channel, topic, group))
+    def declare(self, topic: str, group: str | None, timeout: float | None = None) -> None:
+        self._run(f"declaring {topic!r}", lambda channel: self._declare(channel, topic, group), timeout)
         self._link.exchanges.add(self._exchange(topic))
 
     def publish(self, topic: str, messages: Sequence[Message]) -> None:
         exchange = self._exchange(topic)
         items = [encode(message) for message in messages]  # ConfigError before anything is sent
-        if exchange not in self._link.exchanges:
-            self.declare(topic, None)
+        if exchange not in self._link.exchanges:  # once per connection: publish to a missing exchange fails
+            self.declare(topic, None, self._options.publish_timeout)
         batch = Batch(exchange, items, self._options.mandatory)
         with translate_errors(ERRORS, f"publishing to {topic!r}"):
             failed = self._link.publish(batch, self._options.publish_timeout)

@@ -85,11 +85,11 @@ class RabbitMQConsumer(BackendConsumer):
                 left.extend(inbox.get_nowait())
             except Empty:
                 break
-        if self._lost:  # reported before anything that came over the new connection
+        if self._lost or (self._channel is None and not self._link.ready):  # before anything new
             self._lost = False
             raise ConnectionLost(
-                f"lost the broker while consuming {self.topic!r} as {self.group!r}; "
-                "unacked deliveries will come again (reconnecting)"
+                f"lost the subscription to {self.topic!r} as {self.group!r} (connection lost, broker restarted "
+                "or queue deleted); unacked deliveries will come again (resubscribing)"
             )
         items = [left.popleft() for _ in range(min(max_messages, len(left)))]
         epoch, topic, group = self.epoch, self.topic, self.group
@@ -242,14 +242,11 @@ class RabbitMQConsumer(BackendConsumer):
             if self._close_future is not None and not self._close_future.done():
                 self._close_future.set_result(None)
             return
-        if self._cancelled:
-            self._cancelled = False
-            self._io_open()
-            return
-        self._lost = True
-        log.warning("consumer channel of %s closed: %s", self.queue, reason)
+        self._lost = True  # what the application holds can no longer be acked: say so once
+        cancelled, self._cancelled = self._cancelled, False
+        log.warning("subscription to %s ended: %s", self.queue, "cancelled by the broker" if cancelled else reason)
         if self._link.conn is not None and self._link.conn.is_open:
-            self._link.loop.call_later(self._delay, self._io_open)
+            self._link.loop.call_later(0 if cancelled else self._delay, self._io_open)
 
     def io_connected(self) -> None:
         self._io_open()

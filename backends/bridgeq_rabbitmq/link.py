@@ -25,6 +25,7 @@ from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic, BasicProperties
 
 from bridgeq.errors import ClosedError, ConnectionLost
+from bridgeq.wire import AMQP_ID_HEADER
 
 from .errors import cause, refusal
 
@@ -119,8 +120,8 @@ class Link:
         try:
             return batch.future.result(timeout)
         except FutureTimeout:
-            batch.lost = True
-            if batch.future.cancel():
+            if batch.future.cancel():  # never sent
+                batch.lost = True
                 return [(i, "not connected to the broker") for i in range(len(batch.items))]
             failed = list(batch.failed)
             reason = f"not confirmed within {timeout:g} s"
@@ -321,12 +322,12 @@ class Link:
 
     def _on_return(self, channel: Channel, method: Any, properties: BasicProperties, body: bytes) -> None:
         """basic.return comes before the ack of the same message: mark the oldest match as failed."""
-        message_id = properties.message_id or (properties.headers or {}).get("cloudEvents_id")
+        message_id = (properties.headers or {}).get(AMQP_ID_HEADER)
         for tag in self._tags:
             entry = self._unconfirmed.get(tag)
             if entry is not None:
                 batch, index = entry
-                if index not in batch.returned and batch.items[index][2].message_id == message_id:
+                if index not in batch.returned and batch.items[index][2].headers[AMQP_ID_HEADER] == message_id:
                     batch.returned[index] = f"returned by the broker: {method.reply_code} {method.reply_text}"
                     return
 
@@ -401,11 +402,18 @@ class _Run:
                 self.channel.close()
             return
         except Exception as exc:
-            self.future.set_exception(exc)
-            if self.channel.is_open:
-                self.channel.close()
+            self._fail(exc)
             return
-        step(self._step)
+        try:
+            step(self._step)
+        except Exception as exc:  # pika refused the request (a closing channel, a bad argument)
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+        if self.channel.is_open:
+            self.channel.close()
 
     def _closed(self, channel: Channel, reason: BaseException) -> None:
         if self.future.done():

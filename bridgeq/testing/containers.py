@@ -59,7 +59,8 @@ class Started:
     seconds: float
 
     def __str__(self) -> str:
-        return f"{self.backend}: {self.image} container {self.container_id[:12]} started by testcontainers in {self.seconds:.1f} s"
+        took = f"{self.seconds:.1f} s"
+        return f"{self.backend}: {self.image} container {self.container_id[:12]} started by testcontainers in {took}"
 
 
 started: list[Started] = []
@@ -186,23 +187,28 @@ def kafka_settings(host: str, port: int) -> dict[str, str]:
 
 def _kafka(name: str) -> tuple[Any, str]:
     from docker.errors import APIError
-    from testcontainers.core.container import DockerContainer
 
     for attempt in range(3):
-        container = DockerContainer(name)
-        host, port = container.get_docker_client().host(), _free_port()
-        container.with_bind_ports(PORTS["kafka"], port).with_envs(**kafka_settings(host, port))
         try:
-            _prepare(container).start()
+            return _kafka_on_a_free_port(name)
         except APIError as exc:  # the free port was taken meanwhile: pick another
-            _running(container)
-            if attempt < 2 and "address already in use" in str(exc).lower():
-                continue
-            raise
-        _running(container)
-        _wait(lambda: _kafka_lists_itself(host, port), container, f"a Kafka Metadata answer on {host}:{port}")
-        return container, f"kafka://{host}:{port}"
+            if attempt == 2 or "address already in use" not in str(exc).lower():
+                raise
     raise AssertionError("unreachable")
+
+
+def _kafka_on_a_free_port(name: str) -> tuple[Any, str]:
+    from testcontainers.core.container import DockerContainer
+
+    container = DockerContainer(name)
+    host, port = container.get_docker_client().host(), _free_port()
+    container.with_bind_ports(PORTS["kafka"], port).with_envs(**kafka_settings(host, port))
+    try:
+        _prepare(container).start()
+    finally:
+        _running(container)
+    _wait(lambda: _kafka_lists_itself(host, port), container, f"a Kafka Metadata answer on {host}:{port}")
+    return container, f"kafka://{host}:{port}"
 
 
 _RECIPES: dict[str, Callable[[str], tuple[Any, str]]] = {"redis": _redis, "rabbitmq": _rabbitmq, "kafka": _kafka}

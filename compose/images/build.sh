@@ -23,7 +23,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NATIVE="$HERE/../native"
 BQ_NAME=images
-# shellcheck source=../native/lib.sh
+# shellcheck source-path=SCRIPTDIR source=../native/lib.sh
 . "$NATIVE/lib.sh"
 
 SUITE=bookworm

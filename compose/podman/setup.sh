@@ -16,7 +16,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BQ_NAME=podman
-# shellcheck source=../native/lib.sh
+# shellcheck source-path=SCRIPTDIR source=../native/lib.sh
 . "$HERE/../native/lib.sh"
 
 SOCK="${BRIDGEQ_PODMAN_SOCKET:-/run/bridgeq-podman.sock}"

@@ -21,12 +21,6 @@ def _required() -> bool:
     return bool(wanted & {"all", "kafka"})
 
 
-def with_options(url: str, **options: object) -> str:
-    """``url`` with ``options`` added to its query string."""
-    extra = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())
-    return url + ("&" if "?" in url else "?") + extra
-
-
 @pytest.fixture(scope="session")
 def kafka_url() -> str:
     url = os.environ.get("BRIDGEQ_TEST_KAFKA_URL")

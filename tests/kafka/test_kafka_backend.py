@@ -1,0 +1,204 @@
+"""The Kafka backend against a real broker: wire layout, foreign records, commits, rebalances."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+import bridgeq
+from bridgeq.testing.support import collect, quiet
+from bridgeq_kafka.ledger import decode
+
+
+def with_options(url: str, **options: object) -> str:
+    """``url`` with ``options`` added to its query string."""
+    return url + ("&" if "?" in url else "?") + "&".join(f"{k}={v}" for k, v in options.items())
+
+
+def committed(settings: dict, group: str, topic: str, partition: int = 0) -> tuple[int, str]:
+    admin = KafkaAdminClient(**settings)
+    try:
+        found = admin.list_group_offsets({group: [TopicPartition(topic, partition)]})[group]
+        offset = found[TopicPartition(topic, partition)]
+        return offset.offset, offset.metadata or ""
+    finally:
+        admin.close()
+
+
+def test_wire_layout_is_plain_kafka(broker, topic, settings) -> None:
+    """Value = body, key = key, header ce_id = id, other headers as they are: readable by any client."""
+    broker.declare(topic, "g")
+    mid = broker.publish(topic, b"\x00body", headers={"type": "created", "ü": "ä"}, key="cust-7")
+    consumer = KafkaConsumer(topic, **settings, auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    try:
+        record = next(iter(consumer))
+    finally:
+        consumer.close()
+    assert (record.value, record.key) == (b"\x00body", b"cust-7")
+    assert dict(record.headers) == {"ce_id": mid.encode(), "type": b"created", "ü": "ä".encode()}
+
+
+def test_foreign_records_are_read_with_their_position_as_id(broker, topic, settings) -> None:
+    broker.declare(topic, "g")
+    producer = KafkaProducer(**settings)
+    try:
+        first = producer.send(topic, b"plain", key=b"k1", headers=[("h", b"v"), ("bin", b"\xff\xfe")]).get(10)
+        second = producer.send(topic, None, key=b"k1").get(10)  # a tombstone
+        third = producer.send(topic, b"with id", key=b"k1", headers=[("ce_id", b"their-id-1")]).get(10)
+    finally:
+        producer.close()
+    with broker.subscribe(topic, "g") as sub:
+        got = collect(sub, 3, ack=False)
+        [again] = [d for d in got if d.body == b"plain"]
+        again.nack(requeue=True)
+        [redelivered] = collect(sub, 1)
+        for delivery in got:
+            if delivery is not again:
+                delivery.ack()
+    by_body = {d.body: d for d in got}
+    plain = by_body[b"plain"]
+    assert plain.id == f"{topic}-{first.partition}-{first.offset}"
+    assert (plain.key, plain.headers["h"], plain.headers["bin"]) == ("k1", "v", "\ufffd\ufffd")
+    assert by_body[b""].id == f"{topic}-{second.partition}-{second.offset}"
+    assert by_body[b"with id"].id == "their-id-1" and "ce_id" not in by_body[b"with id"].headers
+    assert (redelivered.id, redelivered.attempt, redelivered.body) == (plain.id, 2, b"plain"), "stable id"
+    assert third.partition == first.partition
+
+
+def test_nack_requeue_redelivers_first_and_skips_nothing(broker, topic) -> None:
+    broker.declare(topic, "g")
+    ids = broker.publish_batch(topic, [bridgeq.Message(f"m{i}", key="one") for i in range(6)])
+    order: list[tuple[str, int]] = []
+    with broker.subscribe(topic, "g", prefetch=1) as sub:
+        while len({mid for mid, _ in order}) < 6 or len(order) < 7:
+            delivery = sub.receive(timeout=10)
+            assert delivery is not None
+            order.append((delivery.id, delivery.attempt))
+            if delivery.id == ids[2] and delivery.attempt == 1:
+                delivery.nack(requeue=True)
+            else:
+                delivery.ack()
+        assert quiet(sub, 0.5) == []
+    assert order == [(ids[0], 1), (ids[1], 1), (ids[2], 1), (ids[2], 2), (ids[3], 1), (ids[4], 1), (ids[5], 1)]
+    assert broker.depth(topic, "g") == 0
+
+
+def test_out_of_order_acks_never_commit_past_an_unacked_message(kafka_url, topic, settings) -> None:
+    broker = bridgeq.connect(with_options(kafka_url, partitions=1))
+    broker.declare(topic, "g")
+    ids = broker.publish_batch(topic, [f"m{i}" for i in range(10)])
+    with broker.subscribe(topic, "g") as sub:
+        got = collect(sub, 10, ack=False)
+        assert [d.id for d in got] == ids
+        for delivery in reversed(got[5:]):
+            delivery.ack()
+        sub.flush()
+        offset, metadata = committed(settings, "g", topic)
+        assert offset == 0, "m0..m4 are not acked: the commit stays before m0"
+        assert decode(offset, metadata)[0] == {5, 6, 7, 8, 9}
+        assert broker.depth(topic, "g") == 5
+    with broker.subscribe(topic, "g") as sub:
+        again = collect(sub, 5) + quiet(sub, 0.5)
+    assert [d.id for d in again] == ids[:5], "the acked five are not delivered again"
+    assert {d.attempt for d in again} == {2}, "the attempt count travelled in the commit"
+    assert committed(settings, "g", topic)[0] == 10
+    assert broker.totals(topic, "g") == (10, 10)
+    broker.close()
+
+
+def test_acks_of_revoked_deliveries_are_not_committed_by_their_old_owner(kafka_url, topic, settings) -> None:
+    """Member A holds 10 unacked; B joins and (sorting first) is given the partition: A's later acks are
+    ignored, B gets the 10 again, and only B's acks move the commit."""
+    one = with_options(kafka_url, partitions=1)
+    with (
+        bridgeq.connect(with_options(one, client_id="zz-old")) as a,
+        bridgeq.connect(with_options(one, client_id="aa-new")) as b,
+    ):
+        a.declare(topic, "g")
+        ids = a.publish_batch(topic, [f"m{i}" for i in range(10)])
+        sub_a = a.subscribe(topic, "g")
+        held = collect(sub_a, 10, ack=False)
+        sub_b = b.subscribe(topic, "g")
+        stop = threading.Event()
+        polling = threading.Thread(target=lambda: [sub_a.receive(timeout=0.1) for _ in iter(stop.is_set, True)])
+        polling.start()
+        try:
+            moved = collect(sub_b, 10, ack=False)
+        finally:
+            stop.set()
+            polling.join()
+        assert sorted(d.id for d in moved) == sorted(ids)
+        for delivery in held:
+            delivery.ack()
+        sub_a.flush()
+        assert committed(settings, "g", topic)[0] == 0, "A no longer owns the partition: its acks do not count"
+        for delivery in moved:
+            delivery.ack()
+        sub_b.flush()
+        assert committed(settings, "g", topic)[0] == 10
+        sub_a.close()
+        sub_b.close()
+
+
+def test_a_group_busy_elsewhere_still_gets_a_topic_declared_meanwhile(broker, topic) -> None:
+    """Declaring a new topic for a group with live members (dead letters do) loses nothing."""
+    other = f"{topic}.g.dlq"  # deleted by the fixture
+    broker.declare(topic, "g")
+    broker.publish(topic, b"x")
+    with broker.subscribe(topic, "g") as busy:
+        collect(busy, 1)
+        broker.declare(other, "g")
+        mid = broker.publish(other, b"for g")
+    with broker.subscribe(other, "g") as sub:
+        assert [d.id for d in collect(sub, 1)] == [mid]
+
+
+def test_depth_and_totals_follow_publish_and_ack(broker, topic) -> None:
+    assert broker.depth(topic, "nobody") == 0
+    broker.declare(topic, "g")
+    broker.publish(topic, b"before")  # the group exists: it waits
+    assert broker.depth(topic, "g") == 1
+    late = f"late-{uuid.uuid4().hex[:6]}"
+    broker.declare(topic, late)
+    assert broker.depth(topic, late) == 0, "a group starts at declare: no replay"
+    broker.publish_batch(topic, ["a", "b"])
+    assert (broker.depth(topic, "g"), broker.depth(topic, late)) == (3, 2)
+    with broker.subscribe(topic, "g") as sub:
+        collect(sub, 3)
+    assert broker.depth(topic, "g") == 0
+    assert broker.totals(topic, "g") == (3, 3)
+
+
+def test_publishing_to_a_topic_nobody_declared_creates_it(broker, topic) -> None:
+    broker.publish(topic, b"first")  # no group yet: nobody will read it
+    broker.declare(topic, "g")
+    mid = broker.publish(topic, b"second")
+    with broker.subscribe(topic, "g") as sub:
+        assert [d.id for d in collect(sub, 1) + quiet(sub, 0.5)] == [mid]
+
+
+def test_a_consumer_joins_fast(broker, topic) -> None:
+    broker.declare(topic, "g")
+    broker.publish(topic, b"x")
+    with broker.subscribe(topic, "g"):
+        pass  # the first consumer of a backend learns the protocol version
+    broker.declare(topic, "g2")
+    broker.publish(topic, b"y")
+    started = time.monotonic()
+    with broker.subscribe(topic, "g2") as sub:
+        assert sub.receive(timeout=10) is not None
+        took = time.monotonic() - started
+    assert took < 2.0, f"join to first record took {took:.2f} s"
+
+
+@pytest.mark.parametrize("count", [1, 2500])
+def test_publish_batch_is_confirmed_and_readable(broker, topic, count) -> None:
+    broker.declare(topic, "g")
+    ids = broker.publish_batch(topic, [f"m{i}" for i in range(count)])
+    assert broker.depth(topic, "g") == count
+    with broker.subscribe(topic, "g", prefetch=500) as sub:
+        assert sorted(d.id for d in collect(sub, count)) == sorted(ids)

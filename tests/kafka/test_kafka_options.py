@@ -1,0 +1,145 @@
+"""URL options, security settings, the error table and the partitioner, without a broker."""
+
+from __future__ import annotations
+
+import time
+
+import kafka.errors as kx
+import pytest
+from kafka.partitioner.default import DefaultPartitioner
+
+import bridgeq
+from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, MessageTooLarge
+from bridgeq.spi import translate_errors
+from bridgeq_kafka.backend import RunPartitioner
+from bridgeq_kafka.errors import ERRORS
+
+
+def settings(url: str) -> dict:
+    with bridgeq.connect(url) as broker:  # clients are made on first use: no connection here
+        return broker.backend.client_settings()  # type: ignore[attr-defined]
+
+
+def test_defaults_and_capabilities() -> None:
+    with bridgeq.connect("kafka://h1:9092,h2") as broker:
+        caps = broker.capabilities
+        assert (caps.replay, caps.exact_delivery_count, caps.crash_redelivery, caps.ordered_per_key) == (
+            False,
+            False,
+            True,
+            True,
+        )
+        assert caps.crash_redelivery_seconds == 10 + 0.25 + 5
+        assert caps.max_message_size == 1_000_000 < 1048588 - 32 * 1024
+    assert settings("kafka://h1:9092,h2")["bootstrap_servers"] == ["h1:9092", "h2:9092"]
+    assert settings("kafka://[::1]:19092")["bootstrap_servers"] == ["[::1]:19092"]
+    with bridgeq.connect("kafka://h?group_start=earliest&acks=1&session_timeout_ms=3000") as broker:
+        assert broker.capabilities.replay and not broker.capabilities.ordered_per_key
+        assert broker.capabilities.crash_redelivery_seconds == 3 + 0.25 + 5
+
+
+def test_credentials_mean_sasl_over_tls_with_verification() -> None:
+    config = settings("kafka://alice:s3cret@h:9093")
+    assert config["security_protocol"] == "SASL_SSL"
+    assert (config["sasl_mechanism"], config["sasl_plain_username"], config["sasl_plain_password"]) == (
+        "PLAIN",
+        "alice",
+        "s3cret",
+    )
+    assert config["ssl_check_hostname"] is True
+    config = settings("kafka://bob:pw@h?security_protocol=SASL_PLAINTEXT&sasl_mechanism=SCRAM-SHA-512")
+    assert (config["security_protocol"], config["sasl_mechanism"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
+    config = settings("kafka://h?security_protocol=SSL&ssl_cafile=/ca.pem&ssl_check_hostname=false")
+    assert (config["ssl_cafile"], config["ssl_check_hostname"]) == ("/ca.pem", False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://",
+        "kafka://h/path",
+        "kafka://user:pw@h?security_protocol=PLAINTEXT",
+        "kafka://h?security_protocol=SASL_SSL",
+        "kafka://h?partitions=0",
+        "kafka://h?acks=0",
+        "kafka://h?prefix=has/slash",
+        "kafka://h?heartbeat_interval_ms=20000",
+        "kafka://h?max_message_size=0",
+        "kafka://h?partiton=3",
+    ],
+)
+def test_bad_urls_are_config_errors_that_never_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        bridgeq.connect(url)
+    assert "pw" not in str(raised.value)
+
+
+def test_an_unreachable_broker_is_connection_lost_without_the_password() -> None:
+    url = "kafka://alice:topsecret@127.0.0.1:1?security_protocol=SASL_PLAINTEXT&timeout_ms=1000"
+    with bridgeq.connect(url) as broker:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost) as raised:
+            broker.declare("t", "g")
+        assert time.monotonic() - started < 10
+        assert "topsecret" not in str(raised.value) and "topsecret" not in repr(broker)
+
+
+@pytest.mark.parametrize(
+    ("client_error", "expected"),
+    [
+        (kx.KafkaConnectionError, ConnectionLost),
+        (kx.KafkaTimeoutError, ConnectionLost),
+        (kx.NodeNotReadyError, ConnectionLost),
+        (kx.RequestTimedOutError, ConnectionLost),
+        (kx.CoordinatorNotAvailableError, ConnectionLost),
+        (kx.NotLeaderForPartitionError, ConnectionLost),
+        (kx.BrokerNotAvailableError, ConnectionLost),
+        (kx.InvalidReceiveError, ConnectionLost),
+        (ConnectionResetError, ConnectionLost),
+        (kx.SaslAuthenticationFailedError, ConfigError),
+        (kx.TopicAuthorizationFailedError, ConfigError),
+        (kx.GroupAuthorizationFailedError, ConfigError),
+        (kx.InvalidTopicError, ConfigError),
+        (kx.MessageSizeTooLargeError, MessageTooLarge),
+        (kx.UnknownError, BridgeqError),
+        (kx.IllegalStateError, BridgeqError),
+    ],
+)
+def test_every_client_error_maps_to_a_bridgeq_error(client_error: type[BaseException], expected: type) -> None:
+    with pytest.raises(expected) as raised, translate_errors(ERRORS, "doing it"):
+        raise client_error("boom")
+    assert str(raised.value).startswith("doing it: ")
+    assert isinstance(raised.value.__cause__, client_error)
+
+
+def test_every_retriable_client_error_is_connection_lost() -> None:
+    retriable = [c for c in vars(kx).values() if isinstance(c, type) and issubclass(c, kx.RetriableError)]
+    assert len(retriable) > 10
+    for client_error in retriable:
+        with pytest.raises(ConnectionLost), translate_errors(ERRORS, "x"):
+            raise client_error()
+
+
+class _Cluster:
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    available_partitions_for_topic = partitions_for_topic
+
+    def topics(self) -> set[str]:
+        return {"t"}
+
+
+def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:
+    ours, theirs, cluster = RunPartitioner(), DefaultPartitioner(), _Cluster()
+    for n in range(200):
+        key = f"customer-{n}".encode()
+        assert ours.partition("t", key, key, b"", b"", cluster) == theirs.partition("t", key, key, b"", b"", cluster)
+
+
+def test_keyless_records_go_in_runs_to_every_partition() -> None:
+    ours, cluster = RunPartitioner(), _Cluster()
+    chosen = [ours.partition("t", None, None, b"", b"", cluster) for _ in range(RunPartitioner.RUN * 3)]
+    runs = [chosen[i : i + RunPartitioner.RUN] for i in range(0, len(chosen), RunPartitioner.RUN)]
+    assert all(len(set(run)) == 1 for run in runs)
+    assert {run[0] for run in runs} == {0, 1, 2}
