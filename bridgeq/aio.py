@@ -125,7 +125,7 @@ class AsyncBroker:
             except BaseException:
                 reader.shutdown(wait=False)
                 raise
-            return AsyncSubscription(sync, reader, self._inline)
+            return AsyncSubscription(sync, reader, self._inline, self._pool)
 
         return _Opening(open_subscription)
 
@@ -155,9 +155,16 @@ class AsyncBroker:
 class AsyncSubscription:
     """The asyncio face of :class:`bridgeq.Subscription`; fetches run on its own reader thread."""
 
-    def __init__(self, sync: Subscription, reader: concurrent.futures.ThreadPoolExecutor, inline: bool) -> None:
+    def __init__(
+        self,
+        sync: Subscription,
+        reader: concurrent.futures.ThreadPoolExecutor,
+        inline: bool,
+        pool: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
         self.sync = sync
         self._reader = reader
+        self._pool = pool  # the broker's: close() runs there while the reader may be mid-fetch
         self._inline = inline
         self._ready: deque[Delivery] = deque()
         if not inline:  # sending acks waits on the network: never on the loop. They go with
@@ -282,7 +289,7 @@ class AsyncSubscription:
     async def close(self) -> None:
         """Leave the group: deliveries not acked become deliverable again. Idempotent."""
         self.sync.flush_soon = None
-        await asyncio.get_running_loop().run_in_executor(None, self.sync.close)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.sync.close)
         self._reader.shutdown(wait=False)
 
     async def __aenter__(self) -> AsyncSubscription:
