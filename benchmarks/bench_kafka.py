@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bridgeq
+from bridgeq.message import new_id
 from bridgeq.url import parse
 
 
@@ -91,7 +92,7 @@ class Bench:
             for _ in range(self.messages // batch):
                 if with_id:
                     for _ in range(batch):
-                        send(name, body, None, [("ce_id", uuid.uuid4().hex.encode())])
+                        send(name, body, None, [("ce_id", new_id().encode())])
                 else:
                     for _ in range(batch):
                         send(name, body)

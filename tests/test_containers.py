@@ -121,6 +121,14 @@ def engine():
         pytest.skip(why)
 
 
+def test_an_image_that_cannot_be_had_is_a_one_line_reason(engine, monkeypatch):
+    monkeypatch.setenv("BRIDGEQ_TEST_REDIS_IMAGE", "localhost/bridgeq/absent:0")
+    target = containers.start("redis")
+    assert target.url is None
+    assert target.reason.startswith("BRIDGEQ_TEST_REDIS_URL is not set and localhost/bridgeq/absent:0 did not start: ")
+    assert "\n" not in target.reason
+
+
 @pytest.mark.parametrize("backend", BROKERS)
 def test_the_restart_command_keeps_the_data_and_the_address(engine, backend, monkeypatch):
     monkeypatch.delenv(f"BRIDGEQ_TEST_RESTART_{backend.upper()}", raising=False)

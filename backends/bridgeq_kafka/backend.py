@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -61,6 +62,8 @@ class KafkaBackend(Backend):
         self._producer: KafkaProducer | None = None
         self._admin: KafkaAdminClient | None = None
         self._known: set[str] = set()  # topics this backend made sure exist
+        self._members: weakref.WeakSet[KafkaMember] = weakref.WeakSet()
+        self._starts: dict[tuple[str, str], dict[TopicPartition, int]] = {}  # see _ensure_group
         self._api_version: tuple[int, ...] | None = None  # learnt from the first client: later ones skip a probe
         self._closed = False
 
@@ -164,22 +167,32 @@ class KafkaBackend(Backend):
         return [TopicPartition(name, p["partition_index"]) for p in parts]
 
     def _ensure_group(self, group_id: str, partitions: list[TopicPartition]) -> None:
-        """A new group (no commits anywhere) gets commits at its start on this topic: it exists from now on.
+        """Commit the group's start on a topic it has no commits on: from then on it gets every message.
 
-        A group that already has commits elsewhere (busy members may forbid an admin
-        commit) starts a topic it has no commits on at the beginning: a dead-letter
-        topic declared while its group works on the source topic loses nothing.
+        Kafka refuses an outsider's commit while the group has live members (a
+        dead-letter topic is declared while its group works on the source topic):
+        then one of this process's members of the group commits it, or, failing
+        that, this process remembers the start for its next declare. With live
+        members only elsewhere, the group reads the topic from its beginning.
         """
         admin = self._get_admin()
-        if self._retry(admin.list_group_offsets, {group_id: None})[group_id]:
+        key = (partitions[0].topic, group_id)
+        committed = self._retry(admin.list_group_offsets, {group_id: partitions})[group_id]
+        if any(offset.offset >= 0 for offset in committed.values()):
+            self._starts.pop(key, None)
             return
         spec = OffsetSpec.EARLIEST if self._options.group_start == "earliest" else OffsetSpec.LATEST
-        starts = self._retry(admin.list_partition_offsets, {tp: spec for tp in partitions})
-        commits = {tp: OffsetAndMetadata(o.offset, "", -1) for tp, o in starts.items()}
-        result = self._retry(admin.alter_group_offsets, group_id, commits)
-        for error in result.values():
-            if error is not kx.NoError and not issubclass(error, REBALANCING):  # foreign members: it exists
-                raise error(f"starting group {group_id!r}")
+        starts = self._starts.get(key) or {
+            tp: o.offset for tp, o in self._retry(admin.list_partition_offsets, {tp: spec for tp in partitions}).items()
+        }
+        commits = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in starts.items()}
+        errors = [e for e in self._retry(admin.alter_group_offsets, group_id, commits).values() if e is not kx.NoError]
+        if errors and not all(issubclass(error, REBALANCING) for error in errors):
+            raise errors[0](f"starting group {group_id!r}")
+        if errors and not any(m.commit_as_member(group_id, commits) for m in list(self._members)):
+            self._starts[key] = starts
+        else:
+            self._starts.pop(key, None)
 
     def delete(self, topic: str) -> None:
         name = self._name(topic)
@@ -256,6 +269,7 @@ class KafkaBackend(Backend):
             eager=opts.assignor != "cooperative-sticky",
         )
         self._api_version = self._api_version or member.api_version
+        self._members.add(member)
         return member
 
     def depth(self, topic: str, group: str) -> int | None:
@@ -266,16 +280,16 @@ class KafkaBackend(Backend):
         return Totals(sum(end for end, _ in positions), sum(settled for _, settled in positions))
 
     def _positions(self, topic: str, group: str) -> list[tuple[int, int]]:
-        """(end offset, offsets settled by the group) per partition; uncommitted ones start at the beginning."""
+        """(end offset, offsets settled by the group) per partition; partitions added later count from their start."""
         with translate_errors(ERRORS, f"reading the lag of group {group!r} on {topic!r}"):
             admin = self._get_admin()
             partitions = self._partitions(self._name(topic))
             if not partitions:
                 return []
-            committed = self._retry(admin.list_group_offsets, {self._name(group): None})[self._name(group)]
-            known = {tp: c for tp, c in committed.items() if c.offset >= 0 and tp.topic == partitions[0].topic}
+            committed = self._retry(admin.list_group_offsets, {self._name(group): partitions})[self._name(group)]
+            known = {tp: c for tp, c in committed.items() if c.offset >= 0}
             ends = self._retry(admin.list_partition_offsets, {tp: OffsetSpec.LATEST for tp in partitions})
-            if not committed:  # a group never declared: nothing waits for it
+            if not known:  # the group was never declared on this topic: nothing waits for it
                 return [(ends[tp].offset, ends[tp].offset) for tp in partitions]
             missing = [tp for tp in partitions if tp not in known]
             earliest = {tp: OffsetSpec.EARLIEST for tp in missing}

@@ -46,6 +46,7 @@ class KafkaMember(BackendConsumer):
         self, config: dict[str, Any], kafka_topic: str, topic: str, group: str, close_ms: int, eager: bool
     ) -> None:
         self._topic = topic
+        self.group_id: str = config["group_id"]
         self._eager = eager  # an eager assignor revokes every partition, then may give them back
         self._group = group
         self._close_ms = close_ms
@@ -60,11 +61,15 @@ class KafkaMember(BackendConsumer):
         self._closed = threading.Event()
         with translate_errors(ERRORS, f"joining group {group!r} on {topic!r}"):
             self._consumer = KafkaConsumer(**config)
-            self._consumer.subscribe([kafka_topic], listener=_Listener(self))
-            # Join knowing the topic's partitions: a first join without them assigns nothing and rejoins
-            # when they arrive, and kafka-python 3.0 can lose that second join's result when polls are
-            # short (the leader then sits unassigned until its session times out).
-            self._consumer.partitions_for_topic(kafka_topic)
+            try:
+                self._consumer.subscribe([kafka_topic], listener=_Listener(self))
+                # Join knowing the topic's partitions: a first join without them assigns nothing and rejoins
+                # when they arrive, and kafka-python 3.0 can lose that second join's result when polls are
+                # short (the leader then sits unassigned until its session times out).
+                self._consumer.partitions_for_topic(kafka_topic)
+            except BaseException:
+                self._consumer.close(autocommit=False, timeout_ms=close_ms)
+                raise
         self._every = config["heartbeat_interval_ms"] / 1000
         self._patience = config["max_poll_interval_ms"] / 1000
         threading.Thread(target=self._keep, name=f"bridgeq-kafka-keeper-{group}", daemon=True).start()
@@ -115,12 +120,14 @@ class KafkaMember(BackendConsumer):
                 else:
                     polled = self._consumer.poll(timeout_ms=max(int(timeout * 1000), 0), max_records=max_messages)
                     self._polled = time.monotonic()
+                make, append = self._delivery, out.append
                 for tp, records in polled.items():
                     ledger = self._ledgers.get(tp) or self._open(tp)
+                    deliver = ledger.deliver
                     for record in records:
-                        attempt = ledger.deliver(record.offset)
+                        attempt = deliver(record.offset)
                         if attempt:
-                            out.append(self._delivery(tp, ledger, record, attempt))
+                            append(make(tp, ledger, record, attempt))
             return out
 
     def _unpark(self, limit: int) -> dict[TopicPartition, list[Any]]:
@@ -148,18 +155,25 @@ class KafkaMember(BackendConsumer):
     def _delivery(self, tp: TopicPartition, ledger: Ledger, record: Any, attempt: int) -> Delivery:
         message_id = ""
         headers: dict[str, str] = {}
-        for name, value in record.headers or ():
-            text = value.decode("utf-8", "replace") if value is not None else ""
+        for name, value in record.headers:
+            text = "" if value is None else value.decode("utf-8", "replace")
             if name == ID_HEADER:
                 message_id = text
             else:
                 headers[name] = text
-        if not 0 < len(message_id) <= MAX_ID_LENGTH or not message_id.isprintable():
-            message_id = f"{tp.topic}-{tp.partition}-{record.offset}"  # a foreign record: its position
-        key = record.key.decode("utf-8", "replace") if record.key is not None else None
-        body = record.value if record.value is not None else b""
-        token: Token = (tp, ledger, record.offset)
-        return Delivery(message_id, body, headers, key, self._topic, self._group, attempt, token)
+        offset, key, body = record.offset, record.key, record.value
+        if not (0 < len(message_id) <= MAX_ID_LENGTH and message_id.isprintable()):
+            message_id = f"{tp.topic}-{tp.partition}-{offset}"  # a foreign record: its position
+        return Delivery(
+            message_id,
+            b"" if body is None else body,
+            headers,
+            None if key is None else key.decode("utf-8", "replace"),
+            self._topic,
+            self._group,
+            attempt,
+            (tp, ledger, offset),
+        )
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         with self._lock:
@@ -204,6 +218,18 @@ class KafkaMember(BackendConsumer):
                 return
         for ledger, point in points.values():
             ledger.sent = point
+
+    def commit_as_member(self, group_id: str, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
+        """Commit offsets of another topic as this member: a group with live members refuses outsiders."""
+        with self._lock:
+            if group_id != self.group_id or self._closed.is_set():
+                return False
+            try:
+                self._consumer.commit(offsets)
+            except Exception as exc:  # e.g. rebalancing: the caller falls back
+                log.info("%s: could not commit for another topic (%s)", self._context, exc)
+                return False
+            return True
 
     def _release(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[Ledger, tuple[int, str]]]:
         """Take revoked partitions out of service; the commits that make what they acked stick."""

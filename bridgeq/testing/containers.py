@@ -112,19 +112,25 @@ def start(backend: str) -> Target:
 
 
 def _prepare(container: Any) -> Any:
-    """Label the container with its owner and remove it when this process exits."""
+    """Label the container with its owner (host and pid), so a later run can remove it if orphaned."""
     container.with_kwargs(labels={LABEL: f"{socket.gethostname()}:{os.getpid()}"})
     return container
 
 
 def _running(container: Any) -> None:
-    atexit.register(container.stop)
+    """Remove the container when this process exits (no Ryuk here: its image may not be pullable)."""
+
+    def remove() -> None:
+        with contextlib.suppress(Exception):
+            container.stop()
+
+    atexit.register(remove)
 
 
 def _redis(name: str) -> tuple[Any, str]:
     try:
         from testcontainers.community.redis import RedisContainer
-    except ImportError:  # testcontainers < 4.13
+    except ImportError:  # older testcontainers
         from testcontainers.redis import RedisContainer
 
     container = _prepare(RedisContainer(name).with_command("redis-server --appendonly yes"))
@@ -139,7 +145,7 @@ def _redis(name: str) -> tuple[Any, str]:
 def _rabbitmq(name: str) -> tuple[Any, str]:
     try:
         from testcontainers.community.rabbitmq import RabbitMqContainer
-    except ImportError:  # testcontainers < 4.13
+    except ImportError:  # older testcontainers
         from testcontainers.rabbitmq import RabbitMqContainer
 
     container = _prepare(RabbitMqContainer(name, username="guest", password="guest"))

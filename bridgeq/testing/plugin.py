@@ -13,6 +13,7 @@ as passed and never as an ordinary skip.
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -175,3 +176,10 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     if report.skipped and isinstance(report.longrepr, tuple) and UNSUPPORTED in str(report.longrepr[2]):
         return "unsupported", "U", "UNSUPPORTED"
     return None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line per broker container the suite started, so a CI log shows where each ran."""
+    containers = sys.modules.get("bridgeq.testing.containers")
+    for started in getattr(containers, "started", []):
+        terminalreporter.write_line(f"bridgeq: {started}")

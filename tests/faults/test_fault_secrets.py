@@ -65,7 +65,7 @@ def _with_password(url: str, port: int | None = None, user: str = "bridgeq-nobod
     scheme = parsed.scheme
     query = parsed.query
     if scheme == "kafka":
-        query = (*query, ("security_protocol", "SASL_PLAINTEXT"), ("timeout_ms", "3000"))
+        query = (*query, ("security_protocol", "SASL_PLAINTEXT"), ("timeout_ms", "1000"))
     if scheme == "amqp":
         user = "guest"
         query = (*query, ("connect_timeout", "5"))

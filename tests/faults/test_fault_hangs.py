@@ -1,0 +1,193 @@
+"""Nothing hangs: while the network to the broker is black-holed, every call ends within its timeout.
+
+A black hole (bytes vanish, nothing answers: a dead link, a firewall dropping packets)
+is the fault that turns a missing timeout into a hang. Each built-in backend runs with
+short timeouts here (about 1 s) so every call has a bound; each must return or raise
+within a few seconds of it, never wait for the network to come back.
+
+The core's part is checked without a network, through a backend whose consumer
+raises ConnectionLost for a while: ``receive(timeout)`` must still return on time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+import bridgeq
+from bridgeq import registry
+from bridgeq.errors import ConnectionLost
+from bridgeq.testing.proxy import Proxy, proxied_url, upstream_of
+from bridgeq_memory import MemoryBackend
+from tests.faults.fault_support import url_of
+
+SHORT = {
+    "redis": "socket_timeout=1&connect_timeout=1&retries=0",
+    "rabbitmq": "connect_timeout=1&publish_timeout=1",
+    "kafka": "timeout_ms=1000",
+}
+BOUND = 6.0
+"""Seconds any call may take once its (1 s) timeout has passed: generous, still far from a hang."""
+
+
+def _timed(call: Callable[[], object]) -> tuple[float, str]:
+    started = time.monotonic()
+    try:
+        call()
+        outcome = "returned"
+    except bridgeq.BridgeqError as exc:
+        outcome = type(exc).__name__
+    return time.monotonic() - started, outcome
+
+
+@pytest.fixture(params=["redis", "rabbitmq", "kafka"])
+def short_url(request: pytest.FixtureRequest) -> str:
+    url = url_of(request.param)
+    return url + ("&" if "?" in url else "?") + SHORT[request.param]
+
+
+@pytest.fixture
+def through_proxy(short_url: str):
+    upstream = upstream_of(short_url)
+    assert upstream is not None
+    with Proxy(upstream, kafka=short_url.startswith("kafka")) as proxy:
+        yield proxy, proxied_url(short_url, proxy)
+
+
+def _ready(broker: bridgeq.Broker, topic: str) -> bridgeq.Subscription:
+    broker.declare(topic, "g")
+    sub = broker.subscribe(topic, "g")
+    broker.publish(topic, b"warm-up")
+    delivery = sub.receive(timeout=20)
+    assert delivery is not None
+    delivery.ack()
+    sub.flush()
+    return sub
+
+
+@pytest.mark.parametrize("call", ["publish", "publish_batch", "declare", "depth"])
+def test_broker_calls_end_within_their_timeout_in_a_black_hole(through_proxy, call):
+    proxy, url = through_proxy
+    topic = f"bq-hang-{uuid.uuid4().hex[:8]}"
+    with bridgeq.connect(url) as broker:
+        _ready(broker, topic).close()
+        proxy.blackhole(30)
+        try:
+            calls = {
+                "publish": lambda: broker.publish(topic, b"into the void"),
+                "publish_batch": lambda: broker.publish_batch(topic, [b"a", b"b", b"c"]),
+                "declare": lambda: broker.declare(topic, "another-group"),
+                "depth": lambda: broker.depth(topic, "g"),
+            }
+            took, outcome = _timed(calls[call])
+        finally:
+            proxy.heal()
+    assert took < BOUND, f"{call} took {took:.1f} s in a black hole ({outcome})"
+    assert outcome != "returned" or call == "depth", f"{call} cannot have been confirmed in a black hole"
+
+
+def test_receive_returns_on_time_in_a_black_hole(through_proxy):
+    proxy, url = through_proxy
+    with bridgeq.connect(url) as broker:
+        sub = _ready(broker, f"bq-hang-{uuid.uuid4().hex[:8]}")
+        proxy.blackhole(30)
+        try:
+            took, outcome = _timed(lambda: sub.receive(timeout=1.0))
+        finally:
+            proxy.heal()
+            sub.close()
+    assert took < 1.0 + BOUND, f"receive(timeout=1) took {took:.1f} s in a black hole ({outcome})"
+
+
+def test_close_ends_a_blocked_receive_promptly_in_a_black_hole(through_proxy):
+    proxy, url = through_proxy
+    with bridgeq.connect(url) as broker:
+        sub = _ready(broker, f"bq-hang-{uuid.uuid4().hex[:8]}")
+        proxy.blackhole(30)
+        try:
+            reader = threading.Thread(target=sub.receive)
+            reader.start()
+            time.sleep(0.5)
+            took, outcome = _timed(sub.close)
+            reader.join(BOUND)
+            ended = not reader.is_alive()
+        finally:
+            proxy.heal()
+        reader.join(60)
+    assert took < BOUND, f"close() took {took:.1f} s in a black hole ({outcome})"
+    assert ended, "close() must end the blocked receive()"
+
+
+def test_broker_close_is_prompt_in_a_black_hole(through_proxy):
+    proxy, url = through_proxy
+    broker = bridgeq.connect(url)
+    _ready(broker, f"bq-hang-{uuid.uuid4().hex[:8]}")
+    proxy.blackhole(30)
+    try:
+        took, outcome = _timed(broker.close)
+    finally:
+        proxy.heal()
+    assert took < BOUND, f"broker.close() took {took:.1f} s in a black hole ({outcome})"
+
+
+# -- the core's part, without a network ------------------------------------------------------
+
+
+class _Unreachable:
+    """Shared switch: while set, every fetch raises ConnectionLost (as a backend does when the broker is down)."""
+
+    down = threading.Event()
+
+
+class _FlakyBackend(MemoryBackend):
+    def consumer(self, topic, group, prefetch):
+        consumer = super().consumer(topic, group, prefetch)
+        fetch = consumer.fetch
+
+        def flaky(max_messages: int, timeout: float):
+            if _Unreachable.down.is_set():
+                raise ConnectionLost("test: the broker is unreachable")
+            return fetch(max_messages, timeout)
+
+        consumer.fetch = flaky  # type: ignore[method-assign]
+        return consumer
+
+
+@pytest.fixture
+def flaky_url():
+    registry.register("flakymem", _FlakyBackend)
+    _Unreachable.down.clear()
+    yield f"flakymem://hangs-{uuid.uuid4().hex[:6]}"
+    _Unreachable.down.clear()
+    registry.unregister("flakymem")
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.5, 2.0])
+def test_receive_honours_its_timeout_while_the_broker_is_unreachable(flaky_url, timeout):
+    """The subscription rides out the outage, but receive(timeout) still returns None on time."""
+    with bridgeq.connect(flaky_url) as broker, broker.subscribe("t", "g") as sub:
+        _Unreachable.down.set()
+        safety = threading.Timer(10.0, _Unreachable.down.clear)  # the broker comes back, at the latest
+        safety.start()
+        took, _ = _timed(lambda: sub.receive(timeout=timeout))
+        safety.cancel()
+        _Unreachable.down.clear()
+        mid = broker.publish("t", b"after the outage")
+        delivery = sub.receive(timeout=5)
+    assert took < timeout + 1.0, f"receive(timeout={timeout}) took {took:.1f} s while the broker was unreachable"
+    assert delivery is not None and delivery.id == mid, "the subscription resumes by itself"
+
+
+def test_iteration_and_run_resume_after_an_outage(flaky_url):
+    """No help from the application: the same subscription delivers again once the broker is back."""
+    with bridgeq.connect(flaky_url) as broker, broker.subscribe("t", "g") as sub:
+        ids = broker.publish_batch("t", [b"1", b"2"])
+        _Unreachable.down.set()
+        threading.Timer(1.0, _Unreachable.down.clear).start()
+        seen: list[str] = []
+        handled = sub.run(lambda d: seen.append(d.id), stop_after=2, idle_timeout=10)
+    assert handled == 2 and seen == ids
