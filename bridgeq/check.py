@@ -69,7 +69,9 @@ class _Collector:
             self.progress(len(self.report.results), self.total, name)
 
 
-def run_check(url: str, *, size: str = "short", keyword: str | None = None, progress: Any = None) -> CheckReport:
+def run_check(
+    url: str, *, size: str = "short", keyword: str | None = None, progress: Any = None, styles: str = "sync"
+) -> CheckReport:
     """Run every conformance case against ``url``; ``progress(done, total, name)`` is told as it goes."""
     report = CheckReport(url)
     with tempfile.TemporaryDirectory() as folder:
@@ -81,6 +83,7 @@ def run_check(url: str, *, size: str = "short", keyword: str | None = None, prog
             "bridgeq.testing.cases",
             f"--bridgeq-url={url}",
             f"--bridgeq-size={size}",
+            f"--bridgeq-styles={styles}",
             "-c",
             ini,
             "--rootdir",

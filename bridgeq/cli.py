@@ -215,17 +215,19 @@ def consume(url: str, topic: str, group: str, limit: int | None, timeout: float 
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.option("--full", is_flag=True, help="full-size runs (more messages)")
 @click.option("-k", "keyword", default=None, help="only cases matching this pytest -k expression")
-def check(url: str, as_json: bool, full: bool, keyword: str | None) -> None:
+@click.option("--async", "through_asyncio", is_flag=True, help="run every case through bridgeq.aio as well")
+def check(url: str, as_json: bool, full: bool, keyword: str | None, through_asyncio: bool) -> None:
     """Run the conformance suite against URL and print the capability and result matrix."""
     from rich.progress import Progress
 
     from bridgeq.check import run_check
 
+    styles = "sync,async" if through_asyncio else "sync"
     with _connected(url) as broker:
         capabilities = broker.capabilities
         shown = str(broker.url)
     if as_json:
-        report = run_check(url, size="full" if full else "short", keyword=keyword)
+        report = run_check(url, size="full" if full else "short", keyword=keyword, styles=styles)
     else:
         with Progress(console=err, transient=True) as bar:
             task = bar.add_task(f"checking {shown}", total=None)
@@ -233,7 +235,7 @@ def check(url: str, as_json: bool, full: bool, keyword: str | None) -> None:
             def progress(done: int, total: int, name: str) -> None:
                 bar.update(task, completed=done, total=total, description=f"{name[:50] or shown}")
 
-            report = run_check(url, size="full" if full else "short", keyword=keyword, progress=progress)
+            report = run_check(url, size="full" if full else "short", keyword=keyword, progress=progress, styles=styles)
     if as_json:
         click.echo(
             json.dumps(
