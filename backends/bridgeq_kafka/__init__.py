@@ -8,6 +8,10 @@ Model
     commits on it yet, commits the partitions' end offsets (``group_start=latest``,
     the default: no replay) or their beginnings (``earliest``: replay of what
     the topic retains). From then on the group receives everything published.
+    A group with live members refuses an outsider's commit: then a member of
+    this process commits the start (dead-letter topics are declared so); with
+    live members only in other processes the group reads the new topic from
+    its beginning (more, never less).
 
 Wire layout (what other Kafka clients see and write)
     * record value: the body (a null value reads as ``b""``);
@@ -27,9 +31,12 @@ Delivery
     redelivers from a local queue first, without holding back the others. A
     consumer that dies leaves the group after ``session_timeout_ms`` (10 s by
     default) and its partitions restart, at the committed offsets, on another
-    member. ``attempt`` is counted by the member and handed on through the
-    commit metadata on close and rebalance; after a crash it may restart
-    lower (``exact_delivery_count`` is False).
+    member; ``close`` commits and leaves the group at once. ``attempt`` is
+    counted by the member and handed on through the commit metadata on close
+    and rebalance; after a crash it may restart lower (``exact_delivery_count``
+    is False). Rebalances need every member to poll: an idle member (at its
+    prefetch limit, or its application busy) polls from a keeper thread with
+    its partitions paused, for up to ``max_poll_interval_ms``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -371,5 +372,44 @@ def _client_config(url: BrokerURL, options: KafkaOptions) -> dict[str, Any]:
     if has_credentials:
         config["sasl_mechanism"] = options.sasl_mechanism or "PLAIN"
         config["sasl_plain_username"] = url.username or ""
-        config["sasl_plain_password"] = url.password or ""
+        config["sasl_plain_password"] = Secret(url.password or "")
+        if url.password:
+            _redact.add(url.password)
     return config
+
+
+class _Redactor(logging.Filter):
+    """kafka-python logs its requests at DEBUG, SASL/PLAIN's ``auth_bytes`` (the password) included."""
+
+    LOGGERS = ("kafka.protocol.parser", "kafka.net.connection", "kafka.net.transport", "kafka.conn")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, password: str) -> None:
+        if not self.secrets:
+            for name in self.LOGGERS:
+                logging.getLogger(name).addFilter(self)
+        self.secrets.update({password, repr(password.encode())[2:-1]})
+
+    def filter(self, record: logging.LogRecord) -> bool:  # runs only for records a logger emits
+        text = record.getMessage()
+        if any(secret in text for secret in self.secrets):
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+_redact = _Redactor()
+
+
+class Secret(str):
+    """The password as kafka-python needs it (a str), shown as ``***``: its clients log their settings."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    def __str__(self) -> str:
+        return "***"

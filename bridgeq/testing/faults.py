@@ -105,13 +105,12 @@ def check(
     for ids in (order or {}).values():
         latest = -1
         for mid in ids:
-            position = first.get(mid)
-            if position is None:
+            if mid not in first:
                 continue
-            if position < latest:
+            if first[mid] < latest:
                 out_of_order += 1
             else:
-                latest = position
+                latest = first[mid]
     return Verdict(
         published=len(sent),
         confirmed=len(confirmed_set),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+import uuid
 
 import kafka.errors as kx
 import pytest
@@ -11,6 +14,7 @@ from kafka.partitioner.default import DefaultPartitioner
 import bridgeq
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, MessageTooLarge
 from bridgeq.spi import translate_errors
+from bridgeq.url import parse
 from bridgeq_kafka.backend import RunPartitioner
 from bridgeq_kafka.errors import ERRORS
 
@@ -46,6 +50,8 @@ def test_credentials_mean_sasl_over_tls_with_verification() -> None:
         "alice",
         "s3cret",
     )
+    assert "s3cret" not in f"{config} {config['sasl_plain_password']}", "kafka-python logs its settings"
+    assert config["sasl_plain_password"].encode() == b"s3cret"
     assert config["ssl_check_hostname"] is True
     config = settings("kafka://bob:pw@h?security_protocol=SASL_PLAINTEXT&sasl_mechanism=SCRAM-SHA-512")
     assert (config["security_protocol"], config["sasl_mechanism"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
@@ -143,3 +149,22 @@ def test_keyless_records_go_in_runs_to_every_partition() -> None:
     runs = [chosen[i : i + RunPartitioner.RUN] for i in range(0, len(chosen), RunPartitioner.RUN)]
     assert all(len(set(run)) == 1 for run in runs)
     assert {run[0] for run in runs} == {0, 1, 2}
+
+
+def test_sasl_round_trip_never_logs_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    """Against a broker with a SASL listener: BRIDGEQ_TEST_KAFKA_SASL_URL=kafka://user:pw@host:port?... ."""
+    url = os.environ.get("BRIDGEQ_TEST_KAFKA_SASL_URL")
+    if not url:
+        pytest.skip("BRIDGEQ_TEST_KAFKA_SASL_URL is not set (a SASL listener is optional)")
+    password = parse(url).password or ""
+    topic = f"bq-kafka-sasl-{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.DEBUG, logger="kafka"), bridgeq.connect(url) as broker:
+        broker.declare(topic, "g")
+        mid = broker.publish(topic, b"over SASL")
+        with broker.subscribe(topic, "g") as sub:
+            delivery = sub.receive(timeout=10)
+            assert delivery is not None and delivery.id == mid
+            delivery.ack()
+        broker.delete(topic)
+    assert "SaslAuthenticate" in caplog.text, "the client did authenticate"
+    assert password and password not in caplog.text
