@@ -7,6 +7,8 @@ bridgeq's own extras carry the ``bridgeq-`` prefix.
 
 from __future__ import annotations
 
+import hashlib
+
 ID_HEADER = "ce_id"
 AMQP_ID_HEADER = "cloudEvents_id"
 CONTENT_TYPE_HEADER = "content-type"
@@ -23,5 +25,13 @@ RESERVED_HEADERS = frozenset({ID_HEADER})
 
 
 def dead_letter_topic(topic: str, group: str) -> str:
-    """The default dead-letter topic of ``group`` on ``topic``."""
-    return f"{topic}.{group}.dlq"
+    """The default dead-letter topic of ``group`` on ``topic``: ``<topic>.<group>.dlq``.
+
+    Names that would pass 120 characters (the portable limit) are cut and made
+    unique again with a digest: ``<first 105 characters>-<10 hex digits>.dlq``.
+    """
+    name = f"{topic}.{group}.dlq"
+    if len(name) <= 120:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
+    return f"{name[:105]}-{digest}.dlq"

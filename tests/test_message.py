@@ -89,3 +89,14 @@ def test_batch_ack_rejects_foreign_deliveries():
             b.ack([delivery])
         a.ack([delivery])
         assert delivery.state is Settlement.ACKED
+
+
+def test_dead_letter_topics_of_the_longest_names_stay_valid_and_distinct():
+    from bridgeq.names import check_name
+    from bridgeq.wire import dead_letter_topic
+
+    first = dead_letter_topic("t" * 120, "g" * 120)
+    second = dead_letter_topic("t" * 120, "g" * 119 + "h")
+    assert check_name("topic", first) and check_name("topic", second)
+    assert len(first) == 120 and first != second and first.endswith(".dlq")
+    assert dead_letter_topic("orders", "billing") == "orders.billing.dlq"

@@ -11,6 +11,7 @@ raises ConnectionLost for a while: ``receive(timeout)`` must still return on tim
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -191,3 +192,48 @@ def test_iteration_and_run_resume_after_an_outage(flaky_url):
         seen: list[str] = []
         handled = sub.run(lambda d: seen.append(d.id), stop_after=2, idle_timeout=10)
     assert handled == 2 and seen == ids
+
+
+# -- closing while the broker is unreachable ------------------------------------------------
+
+
+class _AckFailsBackend(MemoryBackend):
+    """Acks cannot be sent (the connection is gone); everything else works."""
+
+    def consumer(self, topic, group, prefetch):
+        consumer = super().consumer(topic, group, prefetch)
+
+        def ack(deliveries):
+            raise ConnectionLost("test: the connection is gone; these acks were not sent")
+
+        consumer.ack = ack  # type: ignore[method-assign]
+        return consumer
+
+
+@pytest.fixture
+def ack_fails_url():
+    registry.register("ackfailsmem", _AckFailsBackend)
+    yield f"ackfailsmem://close-{uuid.uuid4().hex[:6]}"
+    registry.unregister("ackfailsmem")
+
+
+def test_subscription_close_does_not_raise_when_its_last_acks_cannot_be_sent(ack_fails_url):
+    """Unsent acks only mean redelivery (at-least-once); close() must still close, quietly."""
+    with bridgeq.connect(ack_fails_url) as broker:
+        sub = broker.subscribe("t", "g")
+        broker.publish("t", b"x")
+        sub.receive(timeout=1).ack()
+        sub.close()  # raises ConnectionLost today
+        assert sub.closed
+
+
+def test_broker_close_closes_every_subscription_even_when_one_fails(ack_fails_url):
+    broker = bridgeq.connect(ack_fails_url)
+    subs = [broker.subscribe("t", f"g{i}") for i in range(3)]
+    broker.publish("t", b"x")
+    for sub in subs:
+        sub.receive(timeout=1).ack()
+    with contextlib.suppress(bridgeq.BridgeqError):
+        broker.close()
+    assert broker.closed
+    assert all(sub.closed for sub in subs), "a subscription left open holds its consumer (and its group slot)"
