@@ -185,11 +185,15 @@ class Broker:
                 return
             self._closed = True
             subscriptions = list(self._subscriptions)
-        try:
-            for subscription in subscriptions:
+        failures: list[BaseException] = []
+        for subscription in subscriptions:
+            try:
                 subscription.close()
-        finally:
-            self.backend.close()
+            except Exception as exc:  # close the others, and the connection, all the same
+                failures.append(exc)
+        self.backend.close()
+        if failures:
+            raise failures[0]
 
     def __enter__(self) -> Broker:
         return self

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bridgeq import wire
-from bridgeq.errors import ClosedError, ConnectionLost, DeliveryStateError
+from bridgeq.errors import BridgeqError, ClosedError, ConnectionLost, DeliveryStateError
 from bridgeq.message import ACKED, DEAD_LETTERED, PENDING, REQUEUED, SETTLED, Delivery, Settled, Settlement
 from bridgeq.settle import flusher
 from bridgeq.spi import BackendConsumer
@@ -171,7 +171,10 @@ class Subscription:
                 except ConnectionLost as exc:
                     lost = exc
             if lost is not None:
-                self._wait_for_broker(lost)  # outside the lock: close() stays prompt
+                left = None if deadline is None else deadline - time.monotonic()
+                self._wait_for_broker(lost, left)  # outside the lock: close() stays prompt
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
                 continue
             if room <= 0:
                 with self._state:  # at the prefetch limit: wait for an ack to make room
@@ -182,15 +185,19 @@ class Subscription:
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
-    def _wait_for_broker(self, exc: ConnectionLost) -> None:
-        """The broker is unreachable: back off and let the backend reconnect, up to RECONNECT_PATIENCE."""
+    def _wait_for_broker(self, exc: ConnectionLost, left: float | None) -> None:
+        """The broker is unreachable: back off (at most ``left`` seconds) and let the backend reconnect.
+
+        The outage is timed across calls: after RECONNECT_PATIENCE it raises ConnectionLost.
+        """
         now = time.monotonic()
         if self._outage is None:
             self._outage = now
             log.warning("lost %s/%s, reconnecting: %s", self.topic, self.group, exc)
         elif now - self._outage > RECONNECT_PATIENCE:
             raise ConnectionLost(f"{self.topic}/{self.group}: broker unreachable for {now - self._outage:.0f} s: {exc}")
-        time.sleep(min(0.05 * 2 ** min(int(now - self._outage), 6), 2.0))
+        pause = min(0.05 * 2 ** min(int(now - self._outage), 6), 2.0)
+        time.sleep(pause if left is None else max(0.0, min(pause, left)))
 
     def _take(self, deliveries: list[Delivery]) -> bool:
         """Buffer fresh deliveries; dead-letter those past max_deliveries. True if any kept."""
@@ -382,9 +389,15 @@ class Subscription:
                     self._record(delivery, REQUEUED, "subscription closed")
             try:
                 self.flush()
+            except BridgeqError as exc:  # unsent acks only mean those messages come again
+                log.warning(
+                    "closing %s/%s: last acks not sent (%s); they will be redelivered", self.topic, self.group, exc
+                )
             finally:
-                self._consumer.close()
-                self._broker.forget(self)
+                try:
+                    self._consumer.close()
+                finally:
+                    self._broker.forget(self)
 
     def __enter__(self) -> Subscription:
         return self

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from bridgeq.errors import ConfigError
 from bridgeq.options import option
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Delivery, Message, Totals
 
@@ -24,6 +25,10 @@ __all__ = ["MemoryBackend", "MemoryOptions"]
 @dataclass(frozen=True)
 class MemoryOptions:
     max_message_size: int = option(1 << 20, "largest message accepted, bytes")
+
+    def __post_init__(self) -> None:
+        if self.max_message_size < 1:
+            raise ConfigError(f"option 'max_message_size' must be at least 1, got {self.max_message_size}")
 
 
 class _Group:

@@ -50,6 +50,8 @@ class RabbitMQOptions:
             raise ConfigError("option 'prefetch' must be 1 to 65535")
         if self.heartbeat > 65535:
             raise ConfigError("option 'heartbeat' must be 0 to 65535 seconds")
+        if self.max_message_size < 1:
+            raise ConfigError("option 'max_message_size' must be at least 1")
         if self.connect_timeout <= 0 or self.publish_timeout <= 0:
             raise ConfigError("options 'connect_timeout' and 'publish_timeout' must be positive")
         if self.key_file and not self.cert_file:

@@ -12,6 +12,7 @@ for people and CI to see that the brokers work before the real suites run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -163,12 +164,10 @@ def kafka_create_topic(name: str) -> None:
 
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap(), request_timeout_ms=15000)
     try:
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):
             admin.create_topics(
                 [NewTopic(name, num_partitions=1, replication_factor=1)], timeout_ms=15000
             )
-        except TopicAlreadyExistsError:
-            pass
         deadline = time.monotonic() + 15
         while name not in admin.list_topics():
             if time.monotonic() > deadline:
