@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import socket
+import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import kafka.errors as kx
@@ -20,7 +23,7 @@ from kafka.partitioner.abc import Partitioner
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from bridgeq.errors import BridgeqError, ClosedError, ConfigError, PublishError
+from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
 from bridgeq_kafka.consumer import KafkaMember
@@ -75,16 +78,26 @@ class KafkaBackend(Backend):
             if self._closed:
                 raise ClosedError("the kafka backend is closed")
             if self._admin is None:
-                with translate_errors(ERRORS, "connecting to Kafka"):
+                with self._explained_bootstrap(), translate_errors(ERRORS, "connecting to Kafka"):
                     self._admin = KafkaAdminClient(**self._common)
             return self._admin
+
+    @contextlib.contextmanager
+    def _explained_bootstrap(self) -> Iterator[None]:
+        """A bootstrap that fails over TLS says why when it is the certificate (kafka-python only logs it)."""
+        try:
+            yield
+        except ConnectionLost:
+            if "SSL" in self._common["security_protocol"]:
+                _raise_if_certificate_refused(self._common)
+            raise
 
     def _get_producer(self) -> KafkaProducer:
         with self._lock:
             if self._closed:
                 raise ClosedError("the kafka backend is closed")
             if self._producer is None:
-                with translate_errors(ERRORS, "connecting to Kafka"):
+                with self._explained_bootstrap(), translate_errors(ERRORS, "connecting to Kafka"):
                     try:
                         self._producer = KafkaProducer(
                             **self._common, **self.producer_settings(), partitioner=RunPartitioner()
@@ -337,6 +350,25 @@ class RunPartitioner(Partitioner):
             ordered = sorted(cluster.available_partitions_for_topic(topic) or cluster.partitions_for_topic(topic))
             current = self._current[topic] = (run, ordered[run % len(ordered)])
         return current[1]
+
+
+def _raise_if_certificate_refused(config: dict[str, Any]) -> None:
+    """One TLS handshake with the first bootstrap server, as the client makes it; ConfigError if refused."""
+    host, _, port = config["bootstrap_servers"][0].rpartition(":")
+    context = ssl.create_default_context(cafile=config["ssl_cafile"])
+    context.check_hostname = bool(config["ssl_check_hostname"])
+    if config["ssl_certfile"]:
+        context.load_cert_chain(config["ssl_certfile"], config["ssl_keyfile"])
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=host.strip("[]")),
+        ):
+            return
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigError(f"TLS: the certificate of {host}:{port} is not trusted: {exc.verify_message}") from None
+    except OSError:
+        return  # not a certificate problem: the original ConnectionLost stands
 
 
 def _client_config(url: BrokerURL, options: KafkaOptions) -> dict[str, Any]:
