@@ -32,6 +32,8 @@ from bridgeq.url import resolve
 DEFAULT_GROUP = "bridgeq-migrate"
 VERIFY_GROUP = "bridgeq-verify"
 RETRIES = 5
+STALL_TIMEOUT = 120.0
+"""How long a migration waits for messages the source says are waiting but does not deliver."""
 
 Progress = Callable[["MigrationStatus"], None]
 
@@ -86,6 +88,7 @@ class MigrationReport:
     in_flight_window: int = 0
     dry_run: bool = False
     waiting: int | None = None
+    left_waiting: int | None = None
     capability_diff: list[tuple[str, Any, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     verify: VerifyReport | None = None
@@ -193,7 +196,17 @@ def _move(
         report.in_flight_window = manifest.progress.in_flight_window = batch * 2
         batches: queue.Queue[list[Delivery] | None] = queue.Queue(maxsize=2)
         reader = threading.Thread(
-            target=_read, args=(sub, batches, batch, idle_timeout, follow, stop), name="bridgeq-migrate-reader"
+            target=_read,
+            args=(
+                sub,
+                batches,
+                batch,
+                idle_timeout,
+                follow,
+                stop,
+                lambda: _quiet_depth(src, report.topic, report.group),
+            ),
+            name="bridgeq-migrate-reader",
         )
         reader.start()
         try:
@@ -223,6 +236,9 @@ def _move(
                     if leftover:
                         sub.nack(leftover)
             reader.join()
+    report.left_waiting = _quiet_depth(src, report.topic, report.group)
+    if report.left_waiting:
+        report.warnings.append(f"{report.left_waiting} message(s) still wait in the source: run again to move them")
     report.moved_this_run = status.moved - moved_before
     report.skipped_duplicates = status.skipped_duplicates
     report.seconds = time.monotonic() - started
@@ -237,15 +253,26 @@ def _read(
     idle_timeout: float,
     follow: bool,
     stop: threading.Event,
+    waiting: Callable[[], int | None],
 ) -> None:
-    """The reader thread: batches from the source into the queue, None when done."""
+    """The reader thread: batches from the source into the queue, None when done.
+
+    Done means nothing came for ``idle_timeout`` and the source says nothing waits
+    (messages held by a crashed member come back once the broker notices), or
+    nothing came for STALL_TIMEOUT although the source says some wait.
+    """
+    quiet_since = time.monotonic()
     try:
         while not stop.is_set():
             chunk = sub.receive_batch(batch, timeout=0.5 if follow else idle_timeout)
             if not chunk:
                 if follow:
                     continue
-                break
+                left = waiting()
+                if not left or time.monotonic() - quiet_since > STALL_TIMEOUT:
+                    break
+                continue
+            quiet_since = time.monotonic()
             while not stop.is_set():
                 with contextlib.suppress(queue.Full):
                     batches.put(chunk, timeout=0.1)

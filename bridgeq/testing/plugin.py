@@ -80,17 +80,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-_resolved: dict[str, Target] = {}
-
-
 @pytest.fixture(scope="session")
-def broker_url(bridgeq_target: Target) -> str:
+def broker_url(bridgeq_target: Target, pytestconfig: pytest.Config) -> str:
     """The URL of the broker this case runs against; skips (or fails if required) without one."""
     target = bridgeq_target
     if target.url is None:
-        if target.name not in _resolved:
-            _resolved[target.name] = resolve_target(target.name)
-        target = _resolved[target.name]
+        resolved: dict[str, Target] = pytestconfig.__dict__.setdefault("_bridgeq_resolved", {})
+        if target.name not in resolved:
+            resolved[target.name] = resolve_target(target.name)
+        target = resolved[target.name]
     if target.url is None:
         if required(target.name):
             pytest.fail(f"{target.name}: required by BRIDGEQ_TEST_REQUIRE but unavailable: {target.reason}")
