@@ -5,23 +5,14 @@ from __future__ import annotations
 import contextlib
 import uuid
 
-import pytest
-
 import bridgeq
 from bridgeq.migration import DEFAULT_GROUP
-from bridgeq.testing.targets import required, resolve_target
+from bridgeq.testing.targets import url_or_skip
 
 REAL = ("redis", "rabbitmq", "kafka")
 
 
-def url_of(backend: str) -> str:
-    """The test broker for ``backend``: skipped when missing, failed when required."""
-    target = resolve_target(backend)
-    if target.url is None:
-        if required(backend):
-            pytest.fail(f"{backend}: required by BRIDGEQ_TEST_REQUIRE but unavailable: {target.reason}")
-        pytest.skip(f"{backend}: {target.reason}")
-    return target.url
+url_of = url_or_skip
 
 
 def fresh_topic() -> str:

@@ -34,6 +34,28 @@ def required(backend: str) -> bool:
     return "all" in wanted or backend in wanted
 
 
+def url_or_skip(backend: str) -> str:
+    """The test broker for ``backend``: the case is skipped without one, or failed when required."""
+    import pytest
+
+    target = resolve_target(backend)
+    if target.url is None:
+        if required(backend):
+            pytest.fail(f"{backend}: required by BRIDGEQ_TEST_REQUIRE but unavailable: {target.reason}")
+        pytest.skip(f"{backend}: {target.reason}")
+    return target.url
+
+
+def with_options(url: str, **options: object) -> str:
+    """``url`` with ``options`` added to (or replacing those in) its query string."""
+    from urllib.parse import parse_qsl
+
+    base, _, query = url.partition("?")
+    merged = dict(parse_qsl(query, keep_blank_values=True))
+    merged.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()})
+    return base + "?" + "&".join(f"{k}={v}" for k, v in merged.items())
+
+
 def resolve_target(backend: str) -> Target:
     """The broker for ``backend``: env URL, then a container, else why neither."""
     if backend == "memory":

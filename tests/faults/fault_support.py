@@ -9,10 +9,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 import bridgeq
-from bridgeq.testing.targets import required, resolve_target
+from bridgeq.testing.targets import url_or_skip
 
 BACKENDS = ("memory", "redis", "rabbitmq", "kafka")
 REAL = ("redis", "rabbitmq", "kafka")
@@ -25,12 +23,7 @@ def url_of(backend: str) -> str:
     """The test broker for ``backend``: skipped when missing, failed when required."""
     if backend == "memory":
         return f"memory://faults-{uuid.uuid4().hex[:6]}"
-    target = resolve_target(backend)
-    if target.url is None:
-        if required(backend):
-            pytest.fail(f"{backend}: required by BRIDGEQ_TEST_REQUIRE but unavailable: {target.reason}")
-        pytest.skip(f"{backend}: {target.reason}")
-    return target.url
+    return url_or_skip(backend)
 
 
 class Spy:

@@ -6,7 +6,6 @@ is ``all``): then it fails. The ledger and option tests need no broker.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,21 +13,12 @@ from typing import Any
 import pytest
 
 import bridgeq
-
-
-def _required() -> bool:
-    wanted = {p.strip().lower() for p in os.environ.get("BRIDGEQ_TEST_REQUIRE", "").split(",")}
-    return bool(wanted & {"all", "kafka"})
+from bridgeq.testing.targets import url_or_skip
 
 
 @pytest.fixture(scope="session")
 def kafka_url() -> str:
-    url = os.environ.get("BRIDGEQ_TEST_KAFKA_URL")
-    if not url:
-        if _required():
-            pytest.fail("BRIDGEQ_TEST_REQUIRE names kafka but BRIDGEQ_TEST_KAFKA_URL is not set")
-        pytest.skip("BRIDGEQ_TEST_KAFKA_URL is not set")
-    return url
+    return url_or_skip("kafka")
 
 
 @pytest.fixture

@@ -11,12 +11,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 import bridgeq
 from bridgeq.testing.support import collect, quiet
+from bridgeq.testing.targets import with_options
 from bridgeq_kafka.ledger import decode
-
-
-def with_options(url: str, **options: object) -> str:
-    """``url`` with ``options`` added to its query string."""
-    return url + ("&" if "?" in url else "?") + "&".join(f"{k}={v}" for k, v in options.items())
 
 
 def committed(settings: dict, group: str, topic: str, partition: int = 0) -> tuple[int, str]:

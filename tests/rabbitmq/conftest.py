@@ -6,40 +6,21 @@ Unset: every test here that needs a server skips, unless BRIDGEQ_TEST_REQUIRE na
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl
 
 import pika
 import pytest
 
 import bridgeq
+from bridgeq.testing.targets import url_or_skip, with_options
 from bridgeq.url import parse
-
-
-def _required() -> bool:
-    wanted = {p.strip().lower() for p in os.environ.get("BRIDGEQ_TEST_REQUIRE", "").split(",")}
-    return bool(wanted & {"all", "rabbitmq"})
-
-
-def with_options(url: str, **options: object) -> str:
-    """``url`` with ``options`` added to (or replacing those in) its query string."""
-    base, _, query = url.partition("?")
-    merged = dict(parse_qsl(query, keep_blank_values=True))
-    merged.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()})
-    return base + "?" + "&".join(f"{k}={v}" for k, v in merged.items())
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_url() -> str:
-    url = os.environ.get("BRIDGEQ_TEST_RABBITMQ_URL")
-    if not url:
-        if _required():
-            pytest.fail("BRIDGEQ_TEST_REQUIRE names rabbitmq but BRIDGEQ_TEST_RABBITMQ_URL is not set")
-        pytest.skip("BRIDGEQ_TEST_RABBITMQ_URL is not set")
-    return url
+    return url_or_skip("rabbitmq")
 
 
 def raw_parameters(url: str) -> pika.ConnectionParameters:

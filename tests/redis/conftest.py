@@ -6,7 +6,6 @@ Unset: every test here skips, unless BRIDGEQ_TEST_REQUIRE names redis (or is
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -19,30 +18,14 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 import bridgeq
+from bridgeq.testing.targets import url_or_skip, with_options
 
 CLAIM_IDLE_MS = 2000
 
 
-def _required() -> bool:
-    wanted = {p.strip().lower() for p in os.environ.get("BRIDGEQ_TEST_REQUIRE", "").split(",")}
-    return bool(wanted & {"all", "redis"})
-
-
-def with_options(url: str, **options: object) -> str:
-    """``url`` with ``options`` added to (or replacing those in) its query string."""
-    base, _, query = url.partition("?")
-    merged = dict(parse_qsl(query, keep_blank_values=True))
-    merged.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()})
-    return base + "?" + "&".join(f"{k}={v}" for k, v in merged.items())
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    url = os.environ.get("BRIDGEQ_TEST_REDIS_URL")
-    if not url:
-        if _required():
-            pytest.fail("BRIDGEQ_TEST_REQUIRE names redis but BRIDGEQ_TEST_REDIS_URL is not set")
-        pytest.skip("BRIDGEQ_TEST_REDIS_URL is not set")
+    url = url_or_skip("redis")
     if "claim_idle_ms=" not in url:
         url = with_options(url, claim_idle_ms=CLAIM_IDLE_MS)
     return url

@@ -5,22 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from urllib.parse import parse_qsl
 
 import pytest
 import redis.exceptions as rx
 
 import bridgeq
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, PublishError
+from bridgeq.testing.targets import with_options
 from bridgeq_redis.errors import ERRORS
-
-
-def with_options(url: str, **options: object) -> str:
-    """``url`` with ``options`` added to (or replacing those in) its query string."""
-    base, _, query = url.partition("?")
-    merged = dict(parse_qsl(query, keep_blank_values=True))
-    merged.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()})
-    return base + "?" + "&".join(f"{k}={v}" for k, v in merged.items())
 
 
 def key(topic: str) -> str:
