@@ -89,7 +89,8 @@ class Manifest:
 
     def seen(self, delivery: Delivery) -> bool:
         """True when this id was already moved unchanged (a redelivery after a crash)."""
-        return self.entries.get(delivery.id) == fingerprint_of(delivery)
+        known = self.entries.get(delivery.id)
+        return known is not None and known == fingerprint_of(delivery)
 
     def record(self, deliveries: Iterable[Delivery]) -> None:
         """Add moved messages; durable (fsynced) before this returns when there is a file."""

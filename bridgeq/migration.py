@@ -84,6 +84,7 @@ class MigrationReport:
     moved_this_run: int = 0
     skipped_duplicates: int = 0
     seconds: float = 0.0
+    """From the start to the last batch moved (the idle wait at the end is not counted)."""
     resumed: bool = False
     in_flight_window: int = 0
     dry_run: bool = False
@@ -190,7 +191,7 @@ def _move(
     stop: threading.Event,
 ) -> None:
     status = MigrationStatus(moved=len(manifest.entries))
-    started = time.monotonic()
+    started = last_moved = time.monotonic()
     moved_before = status.moved
     with src.subscribe(report.topic, report.group, prefetch=batch * 2, max_deliveries=None) as sub:
         report.in_flight_window = manifest.progress.in_flight_window = batch * 2
@@ -218,7 +219,8 @@ def _move(
                 status.skipped_duplicates += len(chunk) - len(fresh)
                 sub.ack(chunk)
                 status.moved = len(manifest.entries)
-                elapsed = time.monotonic() - started
+                last_moved = time.monotonic()
+                elapsed = last_moved - started
                 status.rate = (status.moved - moved_before) / elapsed if elapsed else 0.0
                 if progress is not None:
                     status.waiting = _quiet_depth(src, report.topic, report.group)
@@ -241,7 +243,7 @@ def _move(
         report.warnings.append(f"{report.left_waiting} message(s) still wait in the source: run again to move them")
     report.moved_this_run = status.moved - moved_before
     report.skipped_duplicates = status.skipped_duplicates
-    report.seconds = time.monotonic() - started
+    report.seconds = (last_moved if moved_before != status.moved else time.monotonic()) - started
     manifest.progress.skipped_duplicates += status.skipped_duplicates
     manifest.save()
 

@@ -1,0 +1,103 @@
+"""Migration throughput against its two limits, measured in one run.
+
+    python benchmarks/bench_migrate.py --source URL --destination URL [--messages N] [--batch B] [--json]
+
+Rows: bridgeq's own consume rate on the source (receive_batch + ack), its batch
+publish rate on the destination, and the migration's rate (with a checkpoint,
+fsynced per batch); the ratio is migration / min(consume, publish).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import uuid
+
+from rich.console import Console
+from rich.table import Table
+
+import bridgeq
+from bridgeq.migration import DEFAULT_GROUP
+
+
+def fill(url: str, topic: str, messages: int, size: int, batch: int, group: str) -> float:
+    """Publish ``messages`` to ``topic`` in batches (``group`` declared first); returns msg/s."""
+    with bridgeq.connect(url) as broker:
+        broker.declare(topic, group)
+        body = b"x" * size
+        started = time.perf_counter()
+        for first in range(0, messages, batch):
+            broker.publish_batch(topic, [bridgeq.Message(body) for _ in range(min(batch, messages - first))])
+        return messages / (time.perf_counter() - started)
+
+
+def consume(url: str, topic: str, group: str, messages: int, batch: int) -> float:
+    """Read ``messages`` as ``group`` with receive_batch + ack; returns msg/s from the first delivery."""
+    with bridgeq.connect(url) as broker, broker.subscribe(topic, group, prefetch=batch * 2) as sub:
+        first = sub.receive_batch(batch, timeout=30)
+        started = time.perf_counter()
+        sub.ack(first)
+        received = len(first)
+        while received < messages:
+            got = sub.receive_batch(batch, timeout=30)
+            if not got:
+                raise TimeoutError(f"only {received} of {messages} came back")
+            sub.ack(got)
+            received += len(got)
+        sub.flush()
+        return (messages - len(first)) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--source", required=True)
+    parser.add_argument("--destination", required=True)
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    consumed, published, migrated = f"bm-consume-{tag}", f"bm-publish-{tag}", f"bm-migrate-{tag}"
+    try:
+        fill(args.source, consumed, args.messages, args.size, args.batch, "bench")
+        consume_rate = consume(args.source, consumed, "bench", args.messages, args.batch)
+        publish_rate = fill(args.destination, published, args.messages, args.size, args.batch, "bench")
+        fill(args.source, migrated, args.messages, args.size, args.batch, DEFAULT_GROUP)
+        with tempfile.TemporaryDirectory() as folder:
+            report = bridgeq.migrate(
+                args.source, args.destination, migrated, batch=args.batch, checkpoint=f"{folder}/ck", idle_timeout=1.0
+            )
+        assert report.moved == args.messages, report
+    finally:
+        for url, topics in ((args.source, (consumed, migrated)), (args.destination, (published, migrated))):
+            with bridgeq.connect(url) as broker:
+                for topic in topics:
+                    broker.delete(topic)
+    limit = min(consume_rate, publish_rate)
+    result = {
+        "source": str(bridgeq.connect(args.source).url),
+        "destination": str(bridgeq.connect(args.destination).url),
+        "messages": args.messages,
+        "consume_rate_source": consume_rate,
+        "publish_rate_destination": publish_rate,
+        "migration_rate": report.rate,
+        "ratio": report.rate / limit,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"migrate {result['source']} -> {result['destination']}: {args.messages:,} x {args.size} B")
+    table.add_column("row")
+    table.add_column("msg/s", justify="right")
+    table.add_row("bridgeq consume on the source (receive_batch + ack)", f"{consume_rate:,.0f}")
+    table.add_row("bridgeq batch publish on the destination", f"{publish_rate:,.0f}")
+    table.add_row("migration (checkpointed, confirmed, acked)", f"{report.rate:,.0f}")
+    table.add_row("ratio migration / slower of the two", f"{result['ratio']:.2f}x")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
