@@ -24,30 +24,18 @@ sends the body as the record value and nothing else; bridgeq adds its id header 
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import common
 import kafka
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from rich.console import Console
-from rich.table import Table
 
 import bridgeq
 from bridgeq.message import new_id
-from bridgeq.url import parse
-
-
-def rate(count: int, run: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    run()
-    return count / (time.perf_counter() - started)
 
 
 class Bench:
@@ -70,18 +58,14 @@ class Bench:
         return name
 
     def close(self) -> None:
-        for name in self.topics:
-            self.broker.delete(name)
-        self.broker.close()
-        self.raw.close()
-        self.admin.close()
+        common.close_all(self.broker, self.topics, self.raw, self.admin)
 
     # -- produce -------------------------------------------------------------------------
 
     def produce_bridgeq(self) -> float:
         topic, body, batch, publish_batch = self.topic(), self.body, self.batch, self.broker.publish_batch
         self.broker.publish(topic, body)  # the producer learns the new topic's partitions before the clock starts
-        return rate(
+        return common.rate(
             self.messages,
             lambda: [publish_batch(topic, [body] * batch) for _ in range(self.messages // batch)] and None,
         )
@@ -100,28 +84,23 @@ class Bench:
                         send(name, body)
                 self.raw.flush()
 
-        return rate(self.messages, run)
+        return common.rate(self.messages, run)
 
     def single_bridgeq(self, n: int) -> float:
         topic, body, publish = self.topic(), self.body, self.broker.publish
         publish(topic, body)  # the producer learns the new topic's partitions before the clock starts
-        return rate(n, lambda: [publish(topic, body) for _ in range(n)] and None)
+        return common.rate(n, lambda: [publish(topic, body) for _ in range(n)] and None)
 
     def single_raw(self, n: int) -> float:
         name, body, send = self.prefix + self.topic(), self.body, self.raw.send
         send(name, body).get(30)
-        return rate(n, lambda: [send(name, body).get(30) for _ in range(n)] and None)
+        return common.rate(n, lambda: [send(name, body).get(30) for _ in range(n)] and None)
 
     # -- consume -------------------------------------------------------------------------
 
     def filled(self) -> str:
         """A topic of ``messages`` bridgeq records, with groups 'bq' and 'raw' at its start."""
-        topic = self.topic()
-        self.broker.declare(topic, "bq")
-        self.broker.declare(topic, "raw")
-        for _ in range(self.messages // self.batch):
-            self.broker.publish_batch(topic, [self.body] * self.batch)
-        return topic
+        return common.fill(self.broker, self.topic(), self.messages, self.batch, self.body)
 
     def consume_bridgeq(self, topic: str) -> float:
         batch = self.batch_consume
@@ -183,20 +162,8 @@ class Bench:
         else:
             name = self.prefix + topic
             send = lambda sent: self.raw.send(name, self.body, None, [("sent", sent.encode())]).get(30)  # noqa: E731
-        child = subprocess.Popen(
-            [sys.executable, "-c", LATENCY_CONSUMER, side, self.url, topic, self.prefix, str(samples)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.5)  # the consumer is waiting in its poll
-        latencies = []
-        for _ in range(samples):
-            send(repr(time.perf_counter()))
-            latencies.append(float(child.stdout.readline()))
-            time.sleep(0.001)
-        child.wait(30)
-        return latencies
+        argv = [side, self.url, topic, self.prefix, str(samples)]
+        return common.child_latencies(LATENCY_CONSUMER, argv, send, samples, settle=0.5, wait=30)
 
     def join_bridgeq(self) -> float:
         topic, group = self.topic(), f"join-{uuid.uuid4().hex[:8]}"
@@ -234,14 +201,8 @@ side, url, topic, prefix, samples = sys.argv[1], sys.argv[2], sys.argv[3], sys.a
 import bridgeq
 broker = bridgeq.connect(url)
 if side == "bridgeq":
-    sub = broker.subscribe(topic, "lat")
-    sub.receive(timeout=1.0)
-    print("ready", flush=True)
-    for _ in range(samples):
-        d = sub.receive(timeout=10)
-        print((time.perf_counter() - float(d.headers["sent"])) * 1000, flush=True)
-        d.ack()
-    sub.close()
+    from common import bridgeq_latencies
+    bridgeq_latencies(broker, topic, samples, warm=1.0, timeout=10)
 else:
     from kafka import KafkaConsumer
     c = KafkaConsumer(**broker.backend.client_settings(), group_id=prefix + "lat", enable_auto_commit=False)
@@ -263,87 +224,56 @@ broker.close()
 """
 
 
-def quantile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="kafka://127.0.0.1:9092")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--batch", type=int, default=10_000, help="messages per publish_batch / flush")
-    parser.add_argument("--consume-batch", type=int, default=500, help="receive_batch / poll size (and prefetch)")
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--single", type=int, default=2_000, help="messages for the single-publish row")
-    parser.add_argument("--samples", type=int, default=1_000, help="latency samples")
-    parser.add_argument("--joins", type=int, default=5, help="group joins timed per side")
-    parser.add_argument("--json", action="store_true")
+    parser = common.base_parser(
+        __doc__, url="kafka://127.0.0.1:9092", messages=50_000, rounds=5, samples=1_000, single=2_000,
+        after={
+            "--messages": [
+                ("--batch", {"type": int, "default": 10_000, "help": "messages per publish_batch / flush"}),
+                ("--consume-batch", {"type": int, "default": 500, "help": "receive_batch / poll size (and prefetch)"}),
+            ],
+            "--samples": [("--joins", {"type": int, "default": 5, "help": "group joins timed per side"})],
+        },
+    )  # fmt: skip
     args = parser.parse_args()
     args.messages -= args.messages % args.batch
     bench = Bench(args.url, args.messages, args.batch, args.size)
     bench.batch_consume = args.consume_batch
-    rows: dict[str, tuple[list[float], list[float]]] = {
-        f"batch produce, {args.batch}/flush (msg/s)": ([], []),
-        "batch produce, raw with the same ce_id header (msg/s)": ([], []),
-        "single publish (msg/s)": ([], []),
-        f"consume + ack, {args.consume_batch}/commit (msg/s)": ([], []),
+    rows: dict[str, list[tuple[float, float]]] = {
+        f"batch produce, {args.batch}/flush (msg/s)": [],
+        "batch produce, raw with the same ce_id header (msg/s)": [],
+        "single publish (msg/s)": [],
+        f"consume + ack, {args.consume_batch}/commit (msg/s)": [],
     }
     produce, produce_same, single, consume = rows.values()
     try:
         version = ".".join(map(str, bench.raw.config["api_version"]))  # the protocol level kafka-python settled on
         bench.produce_bridgeq(), bench.produce_raw(), bench.produce_raw(with_id=True)  # warm-up
         for _ in range(args.rounds):
-            produce[0].append(bench.produce_bridgeq())
-            produce[1].append(bench.produce_raw())
-            produce_same[0].append(produce[0][-1])
-            produce_same[1].append(bench.produce_raw(with_id=True))
-            single[0].append(bench.single_bridgeq(args.single))
-            single[1].append(bench.single_raw(args.single))
+            produce.append((bench.produce_bridgeq(), bench.produce_raw()))
+            produce_same.append((produce[-1][0], bench.produce_raw(with_id=True)))
+            single.append((bench.single_bridgeq(args.single), bench.single_raw(args.single)))
             topic = bench.filled()
-            consume[0].append(bench.consume_bridgeq(topic))
-            consume[1].append(bench.consume_raw(topic))
+            consume.append((bench.consume_bridgeq(topic), bench.consume_raw(topic)))
         lat_bq, lat_raw = bench.latency("bridgeq", args.samples), bench.latency("raw", args.samples)
         joins_bq = [bench.join_bridgeq() for _ in range(args.joins)]
         joins_raw = [bench.join_raw() for _ in range(args.joins)]
     finally:
         bench.close()
-    result: dict[str, Any] = {
-        "url": str(parse(args.url)),
-        "kafka_python": kafka.__version__,
-        "protocol_level": version,
-        "messages": args.messages,
-        "batch": args.batch,
-        "size": args.size,
-        "rounds": args.rounds,
-        "rows": [],
-    }
-    for name, (ours, theirs) in rows.items():
-        b, r = statistics.median(ours), statistics.median(theirs)
-        result["rows"].append({"row": name, "bridgeq": b, "raw": r, "ratio": b / r})
-    # Times: lower is better, so the ratio is raw / bridgeq (>= 1 means bridgeq is faster).
-    for q in (50, 99):
-        b, r = quantile(lat_bq, q), quantile(lat_raw, q)
-        result["rows"].append({"row": f"publish->receive p{q} (ms, ratio raw/bridgeq)", "bridgeq": b, "raw": r,
-                               "ratio": r / b})  # fmt: skip
-    b, r = statistics.median(joins_bq), statistics.median(joins_raw)
-    result["rows"].append({"row": "group join to first record (ms, ratio raw/bridgeq)", "bridgeq": b, "raw": r,
-                           "ratio": r / b})  # fmt: skip
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    table = Table(
-        title=f"bridgeq kafka:// vs raw kafka-python {kafka.__version__}, {result['url']} (protocol level {version}), "
+    # Throughput: the ratio of the medians. Times: lower is better, so the ratio is raw / bridgeq.
+    join = common.time_row(
+        "group join to first record (ms, ratio raw/bridgeq)", statistics.median(joins_bq), statistics.median(joins_raw)
+    )
+    result = common.result_dict(
+        args.url, [*common.paired_rows(rows, paired=False), *common.latency_rows(lat_bq, lat_raw), join],
+        kafka_python=kafka.__version__, protocol_level=version,
+        messages=args.messages, batch=args.batch, size=args.size, rounds=args.rounds,
+    )  # fmt: skip
+    title = (
+        f"bridgeq kafka:// vs raw kafka-python {kafka.__version__}, {result['url']} (protocol level {version}), "
         f"{args.messages:,} messages of {args.size} B, median of {args.rounds} rounds"
     )
-    table.add_column("row")
-    table.add_column("bridgeq", justify="right")
-    table.add_column("raw kafka-python", justify="right")
-    table.add_column("ratio", justify="right")
-    for row in result["rows"]:
-        fmt = "{:,.2f}" if "(ms," in row["row"] else "{:,.0f}"
-        table.add_row(row["row"], fmt.format(row["bridgeq"]), fmt.format(row["raw"]), f"{row['ratio']:.2f}")
-    Console().print(table)
+    common.print_result(result, title, "raw kafka-python", args.json)
 
 
 if __name__ == "__main__":

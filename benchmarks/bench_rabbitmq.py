@@ -24,17 +24,15 @@ the ratio is bridgeq/raw (for latency raw/bridgeq, so >= 1 always favours bridge
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
+import common
 import pika
 from rich.console import Console
 from rich.table import Table
@@ -58,12 +56,6 @@ def raw_parameters(url: str) -> pika.ConnectionParameters:
 
 def with_option(url: str, option: str) -> str:
     return url + ("&" if "?" in url else "?") + option
-
-
-def elapsed(run: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
 
 
 class Bench:
@@ -111,7 +103,7 @@ class Bench:
             if settle:  # unconfirmed: end with one round trip, as the raw side does
                 broker.depth(topic, "g")
 
-        return self.messages / elapsed(run)
+        return self.messages / common.elapsed(run)
 
     def bridgeq_threads(self, threads: int = 8) -> float:
         topic = self.topic()
@@ -128,7 +120,7 @@ class Bench:
             for worker in workers:
                 worker.join()
 
-        return per_thread * threads / elapsed(run)
+        return per_thread * threads / common.elapsed(run)
 
     def raw_publish(self, confirm: bool) -> float:
         topic = self.topic()
@@ -145,7 +137,7 @@ class Bench:
             if not confirm:  # the same end point as bridgeq's: the broker has them all
                 channel.queue_declare(self.queue(topic), passive=True)
 
-        rate = count / elapsed(run)
+        rate = count / common.elapsed(run)
         channel.close()
         return rate
 
@@ -183,7 +175,7 @@ class Bench:
             channel.close()
 
         first, second = (bridgeq_side, raw_side) if len(self.topics) % 2 else (raw_side, bridgeq_side)
-        times = {first: elapsed(first), second: elapsed(second)}
+        times = {first: common.elapsed(first), second: common.elapsed(second)}
         return count / times[bridgeq_side], count / times[raw_side]
 
     def latency(self, mode: str, samples: int) -> list[float]:
@@ -276,13 +268,8 @@ def run(url: str, messages: int, size: int, rounds: int, samples: int) -> list[d
     finally:
         bench.close()
     rows = []
-    for row, pairs in results.items():
-        ours = statistics.median(p[0] for p in pairs)
-        theirs = statistics.median(p[1] for p in pairs)
-        ratio = statistics.median(p[0] / p[1] for p in pairs)
-        rows.append(
-            {"row": row, "unit": "msg/s", "bridgeq": ours, "raw": theirs, "ratio": ratio, "goal": GOALS.get(row)}
-        )
+    for r in common.paired_rows(results):
+        rows.append({"row": r["row"], "unit": "msg/s", **r, "goal": GOALS.get(r["row"])})
     for name, q in (("p50", 0.5), ("p99", 0.99)):
         ours, theirs = percentile(ours_latency, q) * 1000, percentile(raw_latency, q) * 1000
         rows.append(
@@ -299,17 +286,15 @@ def run(url: str, messages: int, size: int, rounds: int, samples: int) -> list[d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    parser.add_argument("--messages", type=int, default=10000)
-    parser.add_argument("--size", type=int, default=100, help="body bytes")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=500, help="latency samples per side")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser = common.base_parser(
+        __doc__, url="amqp://guest:guest@127.0.0.1:5672/%2F", messages=10000, rounds=3, samples=500,
+        samples_help="latency samples per side", size_help="body bytes", json_help="print JSON instead of a table",
+        full_doc=False,
+    )  # fmt: skip
     args = parser.parse_args()
     rows = run(args.url, args.messages, args.size, args.rounds, args.samples)
     if args.json:
-        print(json.dumps({"url": str(parse(args.url)), "messages": args.messages, "size": args.size, "rows": rows}))
+        print(json.dumps(common.result_dict(args.url, rows, messages=args.messages, size=args.size)))
         return
     table = Table(title=f"bridgeq vs raw pika on {parse(args.url)}: {args.messages} x {args.size} B, durable")
     for column in ("row", "bridgeq", "raw pika", "ratio", "goal"):

@@ -21,19 +21,12 @@ the rows measure what each costs as a user would write it. No trimming either si
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import common
 import redis
-from rich.console import Console
-from rich.table import Table
 
 import bridgeq
 from bridgeq.subscription import Subscription
@@ -53,12 +46,6 @@ def raw_client(url: str) -> redis.Redis:
     )
 
 
-def rate(count: int, run: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    run()
-    return count / (time.perf_counter() - started)
-
-
 class Bench:
     def __init__(self, url: str, messages: int, batch: int, size: int) -> None:
         self.url = url
@@ -74,10 +61,7 @@ class Bench:
         return name
 
     def close(self) -> None:
-        for name in self.topics:
-            self.broker.delete(name)
-        self.broker.close()
-        self.raw.close()
+        common.close_all(self.broker, self.topics, self.raw)
 
     # -- publish -------------------------------------------------------------------------
 
@@ -88,7 +72,7 @@ class Bench:
             for _ in range(n):
                 publish(topic, body)
 
-        return rate(n, run)
+        return common.rate(n, run)
 
     def single_raw(self, n: int) -> float:
         key, fields, xadd = self.prefix + self.topic(), {"body": self.body}, self.raw.xadd
@@ -97,7 +81,7 @@ class Bench:
             for _ in range(n):
                 xadd(key, fields)
 
-        return rate(n, run)
+        return common.rate(n, run)
 
     def batch_bridgeq(self) -> float:
         topic, body, batch = self.topic(), self.body, self.batch
@@ -106,7 +90,7 @@ class Bench:
             for _ in range(self.messages // batch):
                 self.broker.publish_batch(topic, [bridgeq.Message(body) for _ in range(batch)])
 
-        return rate(self.messages, run)
+        return common.rate(self.messages, run)
 
     def batch_raw(self) -> float:
         key, body, batch = self.prefix + self.topic(), self.body, self.batch
@@ -118,18 +102,13 @@ class Bench:
                     pipe.xadd(key, {"body": body})
                 pipe.execute()
 
-        return rate(self.messages, run)
+        return common.rate(self.messages, run)
 
     # -- consume -------------------------------------------------------------------------
 
     def filled(self) -> str:
         """A stream of ``messages`` bridgeq entries, with groups 'bq' and 'raw' at its start."""
-        topic = self.topic()
-        self.broker.declare(topic, "bq")
-        self.broker.declare(topic, "raw")
-        for _ in range(self.messages // self.batch):
-            self.broker.publish_batch(topic, [self.body] * self.batch)
-        return topic
+        return common.fill(self.broker, self.topic(), self.messages, self.batch, self.body)
 
     def consume_bridgeq(self, topic: str, bulk_ack: bool) -> float:
         batch = self.batch
@@ -149,7 +128,7 @@ class Bench:
                     received += len(got)
                 sub.flush()
 
-            result = rate(self.messages, run)
+            result = common.rate(self.messages, run)
         assert self.broker.depth(topic, "bq") == 0
         return result
 
@@ -166,7 +145,7 @@ class Bench:
                 r.xack(key, "raw", *[entry_id for entry_id, _ in entries])
                 received += len(entries)
 
-        result = rate(self.messages, run)
+        result = common.rate(self.messages, run)
         assert r.xpending(key, "raw")["pending"] == 0
         return result
 
@@ -183,20 +162,8 @@ class Bench:
             key = self.prefix + topic
             self.raw.xgroup_create(key, "lat", "$", mkstream=True)
             send = lambda sent: self.raw.xadd(key, {"body": self.body, "sent": sent})  # noqa: E731
-        child = subprocess.Popen(
-            [sys.executable, "-c", LATENCY_CONSUMER, side, self.url, topic, self.prefix, str(samples)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.3)  # the consumer is blocked in its read
-        latencies = []
-        for _ in range(samples):
-            send(repr(time.perf_counter()))
-            latencies.append(float(child.stdout.readline()))
-            time.sleep(0.001)
-        child.wait(10)
-        return latencies
+        argv = [side, self.url, topic, self.prefix, str(samples)]
+        return common.child_latencies(LATENCY_CONSUMER, argv, send, samples, settle=0.3, wait=10)
 
 
 LATENCY_CONSUMER = """
@@ -204,15 +171,8 @@ import sys, time
 side, url, topic, prefix, samples = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 if side == "bridgeq":
     import bridgeq
-    broker = bridgeq.connect(url)
-    sub = broker.subscribe(topic, "lat")
-    sub.receive(timeout=0.05)
-    print("ready", flush=True)
-    for _ in range(samples):
-        d = sub.receive(timeout=5)
-        print((time.perf_counter() - float(d.headers["sent"])) * 1000, flush=True)
-        d.ack()
-    sub.close()
+    from common import bridgeq_latencies
+    bridgeq_latencies(bridgeq.connect(url), topic, samples, warm=0.05, timeout=5)
 else:
     sys.path.insert(0, "")
     import redis
@@ -232,30 +192,21 @@ else:
 """
 
 
-def quantile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100)[q - 1]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--single", type=int, default=5_000, help="messages for the single-publish row")
-    parser.add_argument("--samples", type=int, default=1_000, help="latency samples")
-    parser.add_argument("--json", action="store_true")
+    parser = common.base_parser(
+        __doc__, url="redis://127.0.0.1:6379/0", messages=50_000, rounds=5, samples=1_000, single=5_000,
+        after={"--messages": [("--batch", {"type": int, "default": 100})]},
+    )  # fmt: skip
     args = parser.parse_args()
     args.messages -= args.messages % args.batch
     bench = Bench(args.url, args.messages, args.batch, args.size)
-    rows: dict[str, tuple[list[float], list[float]]] = {
-        "single publish (msg/s)": ([], []),
-        f"batch publish, {args.batch}/batch (msg/s)": ([], []),
-        f"consume: receive_batch({args.batch}) + d.ack() (msg/s)": ([], []),
+    rows: dict[str, list[tuple[float, float]]] = {
+        "single publish (msg/s)": [],
+        f"batch publish, {args.batch}/batch (msg/s)": [],
+        f"consume: receive_batch({args.batch}) + d.ack() (msg/s)": [],
     }
     if hasattr(Subscription, "ack"):
-        rows[f"consume: receive_batch({args.batch}) + sub.ack(batch) (msg/s)"] = ([], [])
+        rows[f"consume: receive_batch({args.batch}) + sub.ack(batch) (msg/s)"] = []
     single, batched, consume, *consume_bulk = rows.values()
     try:
         bench.single_bridgeq(500), bench.single_raw(500), bench.batch_bridgeq(), bench.batch_raw()  # warm-up
@@ -263,52 +214,27 @@ def main() -> None:
         lat_raw: list[float] = []
         per_round = max(args.samples // args.rounds, 20)
         for _ in range(args.rounds):
-            single[0].append(bench.single_bridgeq(args.single))
-            single[1].append(bench.single_raw(args.single))
-            batched[0].append(bench.batch_bridgeq())
-            batched[1].append(bench.batch_raw())
+            single.append((bench.single_bridgeq(args.single), bench.single_raw(args.single)))
+            batched.append((bench.batch_bridgeq(), bench.batch_raw()))
             topic = bench.filled()
-            consume[0].append(bench.consume_bridgeq(topic, bulk_ack=False))
-            consume[1].append(bench.consume_raw(topic))
+            consume.append((bench.consume_bridgeq(topic, bulk_ack=False), bench.consume_raw(topic)))
             if consume_bulk:
                 topic = bench.filled()
-                consume_bulk[0][0].append(bench.consume_bridgeq(topic, bulk_ack=True))
-                consume_bulk[0][1].append(bench.consume_raw(topic))
+                consume_bulk[0].append((bench.consume_bridgeq(topic, bulk_ack=True), bench.consume_raw(topic)))
             lat_bq += bench.latency("bridgeq", per_round)
             lat_raw += bench.latency("raw", per_round)
     finally:
         bench.close()
-    result: dict[str, Any] = {
-        "url": str(parse(args.url)),
-        "messages": args.messages,
-        "batch": args.batch,
-        "size": args.size,
-        "rounds": args.rounds,
-        "rows": [],
-    }
-    for name, (ours, theirs) in rows.items():  # the ratio: median of the rounds' paired ratios
-        ratio = statistics.median(b / r for b, r in zip(ours, theirs, strict=True))
-        b, r = statistics.median(ours), statistics.median(theirs)
-        result["rows"].append({"row": name, "bridgeq": b, "raw": r, "ratio": ratio})
-    for q in (50, 99):  # latency: lower is better, so the ratio is raw / bridgeq (>= 1 means bridgeq is faster)
-        b, r = quantile(lat_bq, q), quantile(lat_raw, q)
-        result["rows"].append({"row": f"publish->receive p{q} (ms, ratio raw/bridgeq)", "bridgeq": b, "raw": r,
-                               "ratio": r / b})  # fmt: skip
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    table = Table(
-        title=f"bridgeq redis:// vs raw redis-py {redis.__version__}, {result['url']}, "
+    # the ratio: median of the rounds' paired ratios; latency ratios are raw / bridgeq
+    result = common.result_dict(
+        args.url, common.paired_rows(rows) + common.latency_rows(lat_bq, lat_raw),
+        messages=args.messages, batch=args.batch, size=args.size, rounds=args.rounds,
+    )  # fmt: skip
+    title = (
+        f"bridgeq redis:// vs raw redis-py {redis.__version__}, {result['url']}, "
         f"{args.messages:,} messages of {args.size} B, median of {args.rounds} rounds"
     )
-    table.add_column("row")
-    table.add_column("bridgeq", justify="right")
-    table.add_column("raw redis-py", justify="right")
-    table.add_column("ratio", justify="right")
-    for row in result["rows"]:
-        fmt = "{:,.3f}" if "(ms," in row["row"] else "{:,.0f}"
-        table.add_row(row["row"], fmt.format(row["bridgeq"]), fmt.format(row["raw"]), f"{row['ratio']:.2f}")
-    Console().print(table)
+    common.print_result(result, title, "raw redis-py", args.json, ms_format="{:,.3f}")
 
 
 if __name__ == "__main__":
