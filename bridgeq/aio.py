@@ -16,10 +16,12 @@ to it goes back to the head of the subscription's line. Deliveries are the same
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import concurrent.futures
 import inspect
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from typing import Any, TypeVar
@@ -42,11 +44,32 @@ def connect(url: str | BrokerURL | None = None) -> _Opening[AsyncBroker]:
     """An :class:`AsyncBroker`: ``await connect(url)`` or ``async with connect(url) as broker``."""
 
     async def open_broker() -> AsyncBroker:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridgeq-aio")
+        pool = await _started_executor(8, "bridgeq-aio")
         broker = await asyncio.get_running_loop().run_in_executor(pool, api.connect, url)
         return AsyncBroker(broker, pool)
 
     return _Opening(open_broker)
+
+
+async def _started_executor(workers: int, name: str) -> concurrent.futures.ThreadPoolExecutor:
+    """A thread pool whose threads are all running, started from a thread that is not the loop's.
+
+    Starting a thread waits until it runs; on a busy machine that wait alone can hold
+    the loop for tens of milliseconds, so no thread is ever started on the loop.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[concurrent.futures.ThreadPoolExecutor] = loop.create_future()
+
+    def build() -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        everyone = threading.Barrier(workers + 1)
+        for _ in range(workers):  # each waiting task makes the pool start one more thread
+            pool.submit(everyone.wait)
+        everyone.wait()
+        loop.call_soon_threadsafe(ready.set_result, pool)
+
+    _thread.start_new_thread(build, ())  # returns at once, unlike threading.Thread.start
+    return await ready
 
 
 class _Opening(Awaitable[T]):
@@ -118,7 +141,7 @@ class AsyncBroker:
         """
 
         async def open_subscription() -> AsyncSubscription:
-            reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridgeq-aio-reader")
+            reader = await _started_executor(1, "bridgeq-aio-reader")
             loop = asyncio.get_running_loop()
             try:
                 sync = await loop.run_in_executor(reader, lambda: self.sync.subscribe(topic, group, **options))

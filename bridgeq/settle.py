@@ -27,14 +27,21 @@ class LingerFlusher:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
+    def start(self) -> None:
+        """Start the thread if it is not running (called when a subscription opens, not when acking:
+        starting a thread waits for it to run, which an asyncio loop must not)."""
+        with self._wake:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="bridgeq-ack-linger", daemon=True)
+                self._thread.start()
+
     def register(self, owner: Lingering) -> None:
         with self._wake:
             if owner not in self._waiting:
                 self._waiting[owner] = time.monotonic()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="bridgeq-ack-linger", daemon=True)
-                self._thread.start()
             self._wake.notify()
+        if self._thread is None or not self._thread.is_alive():
+            self.start()
 
     def _loop(self) -> None:
         while True:

@@ -69,6 +69,7 @@ class Subscription:
         self._dead_letter_declared = False
         self._outage: float | None = None  # when the broker became unreachable, while it is
         self.flush_soon: Callable[[], object] | None = None
+        flusher.start()
         """When set (the asyncio API sets it), called instead of flushing on the acking thread."""
 
     # -- reading ---------------------------------------------------------------------------
