@@ -109,6 +109,8 @@ class BackendConsumer(ABC):
 
         Returns as soon as any are available; ``[]`` when the time ran out. Each
         delivery carries the backend's ``token`` and an ``attempt`` counting from 1.
+        Raises ConnectionLost while the broker is unreachable: the core backs off and
+        calls again, and the backend reconnects on that call.
         """
 
     @abstractmethod
