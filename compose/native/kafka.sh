@@ -218,13 +218,7 @@ do_stop() {
         return 0
     fi
     kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_pid_exit "$pid" "$STOP_TIMEOUT"; then
-        log "Kafka (pid $pid) still running ${STOP_TIMEOUT}s after SIGTERM; sending SIGKILL (next start recovers the logs)"
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_pid_exit "$pid" 10 || die "could not stop Kafka (pid $pid)"
-    fi
-    rm -f "$PIDFILE"
-    log "stopped (was pid $pid)"
+    finish_stop "$pid" Kafka "$STOP_TIMEOUT"  # a SIGKILLed Kafka recovers its logs on the next start
 }
 
 do_status() {

@@ -104,6 +104,19 @@ wait_pid_exit() {
     done
 }
 
+# After a broker's own polite stop: wait up to $3 s, then SIGKILL; drop the pid file; log.
+# finish_stop PID LABEL TIMEOUT
+finish_stop() {
+    local pid="$1" label="$2" timeout="$3"
+    if ! wait_pid_exit "$pid" "$timeout"; then
+        log "$label (pid $pid) still running after ${timeout}s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_pid_exit "$pid" 10 || die "could not stop $label (pid $pid)"
+    fi
+    rm -f "$PIDFILE"
+    log "stopped (was pid $pid)"
+}
+
 usage_exit() {
     echo "usage: $0 {install|start|stop|restart|status|url}" >&2
     exit 2

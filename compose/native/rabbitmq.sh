@@ -147,13 +147,7 @@ do_stop() {
         log "rabbitmqctl stop failed or timed out; sending SIGTERM to pid $pid"
         kill -TERM "$pid" 2>/dev/null || true
     fi
-    if ! wait_pid_exit "$pid" "$STOP_TIMEOUT"; then
-        log "RabbitMQ (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_pid_exit "$pid" 10 || die "could not stop RabbitMQ (pid $pid)"
-    fi
-    rm -f "$PIDFILE"
-    log "stopped (was pid $pid)"
+    finish_stop "$pid" RabbitMQ "$STOP_TIMEOUT"
 }
 
 do_status() {

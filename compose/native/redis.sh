@@ -115,13 +115,7 @@ do_stop() {
     fi
     # SHUTDOWN flushes the AOF (and writes an RDB snapshot) before exiting.
     timeout 10 redis-cli -h "$HOST" -p "$PORT" shutdown >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_pid_exit "$pid" "$STOP_TIMEOUT"; then
-        log "redis-server (pid $pid) still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        wait_pid_exit "$pid" 10 || die "could not stop redis-server (pid $pid)"
-    fi
-    rm -f "$PIDFILE"
-    log "stopped (was pid $pid)"
+    finish_stop "$pid" redis-server "$STOP_TIMEOUT"
 }
 
 do_status() {
