@@ -38,6 +38,8 @@ __all__ = ["AsyncBroker", "AsyncSubscription", "connect"]
 log = logging.getLogger("bridgeq")
 T = TypeVar("T")
 AsyncHandler = Callable[[Delivery], Awaitable[Any] | Any]
+INLINE_BATCH = 256  # a never-blocking backend publishes this many on the loop; a larger batch costs
+# milliseconds of CPU, so it goes to a worker thread like any other backend's
 
 
 def connect(url: str | BrokerURL | None = None) -> _Opening[AsyncBroker]:
@@ -132,7 +134,10 @@ class AsyncBroker:
         return message.id
 
     async def publish_batch(self, topic: str, messages: Iterable[Message | Body]) -> list[str]:
-        return await self._call(self.sync.publish_batch, topic, messages)
+        batch = list(messages)
+        if len(batch) > INLINE_BATCH:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.sync.publish_batch, topic, batch)
+        return await self._call(self.sync.publish_batch, topic, batch)
 
     def subscribe(self, topic: str, group: str, **options: Any) -> _Opening[AsyncSubscription]:
         """Join ``group``: ``await broker.subscribe(...)`` or ``async with broker.subscribe(...) as sub``.

@@ -89,4 +89,27 @@ def test_the_loop_watch_sees_a_blocking_call():
 
     loop.run(blocks())
     loop.stop()
-    assert loop.slow.seen and "took" in loop.slow.seen[0]
+    assert loop.slow.seen and loop.slow.seen[0][0] >= 0.1 and "took" in loop.slow.seen[0][1]
+    assert not loop.slow.hangs(), "a tenth of a second is a slow callback, not a hang"
+
+
+class _FakeBackend:
+    def consumer(self, topic: str) -> _FakeBackend:
+        return self
+
+    def fetch(self) -> str:
+        return "fetched"
+
+
+def test_the_loop_guard_names_backend_calls_made_on_the_loop():
+    loop = LoopThread()
+    backend = loop.guard.wrap(_FakeBackend(), "FakeBackend")
+
+    async def on_the_loop() -> str:
+        return backend.consumer("t").fetch()
+
+    assert backend.consumer("t").fetch() == "fetched"  # from this thread: allowed
+    assert loop.guard.violations == []
+    assert loop.run(on_the_loop()) == "fetched"
+    loop.stop()
+    assert loop.guard.violations == ["FakeBackend.consumer()", "consumer.fetch()"]

@@ -20,9 +20,7 @@ import uuid
 from urllib.parse import urlparse
 
 REDIS_URL = os.environ.get("BRIDGEQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-RABBITMQ_URL = os.environ.get(
-    "BRIDGEQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
-)
+RABBITMQ_URL = os.environ.get("BRIDGEQ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 KAFKA_URL = os.environ.get("BRIDGEQ_TEST_KAFKA_URL", "kafka://127.0.0.1:9092")
 
 PERSIST_KEY = "bridgeq-smoke-persist"
@@ -88,9 +86,7 @@ def rabbit_check() -> None:
         ch.confirm_delivery()
         q = f"bridgeq-smoke-qq-{uuid.uuid4().hex[:8]}"
         ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
-        ch.basic_publish(
-            "", q, b"hello", pika.BasicProperties(delivery_mode=2), mandatory=True
-        )
+        ch.basic_publish("", q, b"hello", pika.BasicProperties(delivery_mode=2), mandatory=True)
         method, props, body = _rabbit_get(ch, q)
         assert body == b"hello"
         ch.basic_nack(method.delivery_tag, requeue=True)
@@ -127,13 +123,9 @@ def rabbit_write() -> None:
     try:
         ch = conn.channel()
         ch.confirm_delivery()
-        ch.queue_declare(
-            PERSIST_KEY, durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        ch.queue_declare(PERSIST_KEY, durable=True, arguments={"x-queue-type": "quorum"})
         ch.queue_purge(PERSIST_KEY)
-        ch.basic_publish(
-            "", PERSIST_KEY, b"survives-restart", pika.BasicProperties(delivery_mode=2)
-        )
+        ch.basic_publish("", PERSIST_KEY, b"survives-restart", pika.BasicProperties(delivery_mode=2))
         log("rabbitmq: wrote 1 message to quorum queue " + PERSIST_KEY)
     finally:
         conn.close()
@@ -165,9 +157,7 @@ def kafka_create_topic(name: str) -> None:
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap(), request_timeout_ms=15000)
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics(
-                [NewTopic(name, num_partitions=1, replication_factor=1)], timeout_ms=15000
-            )
+            admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)], timeout_ms=15000)
         deadline = time.monotonic() + 15
         while name not in admin.list_topics():
             if time.monotonic() > deadline:
@@ -180,9 +170,7 @@ def kafka_create_topic(name: str) -> None:
 def kafka_produce(topic: str, values) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(
-        bootstrap_servers=kafka_bootstrap(), acks="all", retries=5, linger_ms=0
-    )
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap(), acks="all", retries=5, linger_ms=0)
     try:
         for v in values:
             producer.send(topic, v).get(timeout=30)
