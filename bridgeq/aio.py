@@ -8,7 +8,9 @@
 
 Every call that may wait on the network runs on a worker thread, never on the
 event loop: publishing on the broker's pool, fetching on one thread per
-subscription. Backends that never block (``memory://``) are called on the loop.
+subscription. Backends that never block (``memory://``) are called on the loop,
+and backends with ``publishes_async`` (Redis) publish on the loop through their
+own asyncio connection.
 A task cancelled while receiving loses nothing: what was fetched but not handed
 to it goes back to the head of the subscription's line. Deliveries are the same
 :class:`bridgeq.Delivery` objects as in threads: ``await delivery.ack()``.
@@ -130,14 +132,24 @@ class AsyncBroker:
         id: str | None = None,  # noqa: A002 - the public name of the field
     ) -> str:
         message = Message(body, headers, key, id)  # checked here, before any thread is involved
-        await self._call(self.sync.publish_batch, topic, [message])
+        await self._publish(topic, [message])
         return message.id
 
     async def publish_batch(self, topic: str, messages: Iterable[Message | Body]) -> list[str]:
-        batch = list(messages)
-        if len(batch) > INLINE_BATCH:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self.sync.publish_batch, topic, batch)
-        return await self._call(self.sync.publish_batch, topic, batch)
+        return await self._publish(topic, messages)
+
+    async def _publish(self, topic: str, messages: Iterable[Message | Body]) -> list[str]:
+        sync, backend = self.sync, self.sync.backend
+        if backend.publishes_async:  # checked and sent on the loop: no thread hop
+            batch = sync.checked(topic, messages)
+            if batch:
+                await backend.publish_async(topic, batch)
+                sync.meter.count_published(topic, len(batch))
+            return [m.id for m in batch]
+        given = list(messages)
+        if self._inline and len(given) <= INLINE_BATCH:
+            return sync.publish_batch(topic, given)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, sync.publish_batch, topic, given)
 
     def subscribe(self, topic: str, group: str, **options: Any) -> _Opening[AsyncSubscription]:
         """Join ``group``: ``await broker.subscribe(...)`` or ``async with broker.subscribe(...) as sub``.
@@ -167,6 +179,8 @@ class AsyncBroker:
         await self._call(self.sync.delete, topic)
 
     async def close(self) -> None:
+        if not self.sync.closed:
+            await self.sync.backend.close_async()
         await asyncio.get_running_loop().run_in_executor(self._pool, self.sync.close)
         self._pool.shutdown(wait=False)
 
@@ -221,7 +235,8 @@ class AsyncSubscription:
             got = self.sync.receive_batch(max_messages, timeout=0)
             if got or timeout == 0:
                 return got
-        work = self._reader.submit(self.sync.receive_batch, max_messages, timeout)
+        work: concurrent.futures.Future[list[Delivery]] = concurrent.futures.Future()
+        self._reader.submit(self.sync.receive_into, max_messages, timeout, work)
         try:
             return await asyncio.wrap_future(work)
         except asyncio.CancelledError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import threading
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from bridgeq import wire
 from bridgeq.capabilities import Capabilities
@@ -69,7 +69,8 @@ class Broker:
     ) -> str:
         """Publish one message; returns its id once the broker has accepted it."""
         message = Message(body, headers, key, id)
-        self._send(topic, [message])
+        self.backend.publish(topic, self.checked(topic, [message]))
+        self.meter.count_published(topic, 1)
         return message.id
 
     def publish_batch(self, topic: str, messages: Iterable[Message | Body]) -> list[str]:
@@ -78,25 +79,32 @@ class Broker:
         Every message is checked before any is sent. Not atomic: on PublishError the
         messages it does not name were accepted.
         """
-        check_name("topic", topic)
-        batch = [m if type(m) is Message else _as_message(m) for m in messages]
+        batch = self.checked(topic, messages)
         if batch:
-            self._send(topic, batch)
+            self.backend.publish(topic, batch)
+            self.meter.count_published(topic, len(batch))
         return [m.id for m in batch]
 
-    def _send(self, topic: str, messages: Sequence[Message]) -> None:
+    def checked(self, topic: str, messages: Iterable[Message | Body]) -> list[Message]:
+        """``messages`` as :class:`Message` objects, ready to send to ``topic``.
+
+        Raises (before anything is sent) if the broker is closed, the topic name is
+        bad, or a message is larger than the backend accepts.
+        """
         self._check_open()
         check_name("topic", topic)
+        batch = [m if type(m) is Message else _as_message(m) for m in messages]
+        if not batch:
+            return batch
         limit = self.backend.capabilities.max_message_size
-        if max(map(len, map(_body, messages))) + MAX_ID_LENGTH > limit or any(map(_has_extras, messages)):
-            for message in messages:  # the exact count, only where the quick bound is not enough
+        if max(map(len, map(_body, batch))) + MAX_ID_LENGTH > limit or any(map(_has_extras, batch)):
+            for message in batch:  # the exact count, only where the quick bound is not enough
                 if message.size() > limit:
                     raise MessageTooLarge(
                         f"message {message.id!r} is {message.size()} bytes; "
                         f"{self.url.scheme}:// accepts at most {limit} (body, id, key and headers)"
                     )
-        self.backend.publish(topic, messages)
-        self.meter.count_published(topic, len(messages))
+        return batch
 
     def subscribe(
         self,

@@ -75,6 +75,17 @@ class Backend(ABC):
         atomic: messages not named in the error were accepted.
         """
 
+    publishes_async: ClassVar[bool] = False
+    """True when :meth:`publish_async` is implemented: the asyncio API then publishes on
+    the event loop itself instead of a worker thread."""
+
+    async def publish_async(self, topic: str, messages: Sequence[Message]) -> None:
+        """:meth:`publish`, awaited on the running event loop without blocking it."""
+        raise NotImplementedError(f"{type(self).__name__} does not publish through asyncio")
+
+    async def close_async(self) -> None:  # noqa: B027 - a documented hook
+        """Close what :meth:`publish_async` opened on the running loop; :meth:`close` follows."""
+
     @abstractmethod
     def consumer(self, topic: str, group: str, prefetch: int) -> BackendConsumer:
         """A new member of ``group`` reading ``topic``; the group is declared first."""

@@ -18,6 +18,7 @@ from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Messa
 from bridgeq.wire import ID_HEADER
 
 from . import resp, scripts
+from .aio_link import AsyncLink
 from .consumer import RedisConsumer
 from .errors import ERRORS, RETRYABLE
 from .options import RedisOptions
@@ -53,6 +54,7 @@ class RedisBackend(Backend):
         self.client = redis.Redis(retry=retry, **params)
         # XADD is not idempotent: a blind retry after a lost reply would add the entry twice.
         self._publish_pool = redis.Redis(retry=Retry(NoBackoff(), 0), **params).connection_pool
+        self._async_link = AsyncLink(params)
         self.client.set_response_callback("XREADGROUP", _unparsed)  # the consumer reads the flat reply
         self._claim = self.client.register_script(scripts.CLAIM)
         self._settle = self.client.register_script(scripts.SETTLE)
@@ -131,6 +133,24 @@ class RedisBackend(Backend):
     # -- publishing --------------------------------------------------------------------
 
     def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        commands = self._xadds(topic, messages)
+        with translate_errors(ERRORS, _publishing(topic, messages)):
+            results = resp.send(self._publish_pool, resp.pack(commands), len(commands))
+        _refused(topic, messages, results)
+
+    publishes_async = True
+
+    async def publish_async(self, topic: str, messages: Sequence[Message]) -> None:
+        commands = self._xadds(topic, messages)
+        with translate_errors(ERRORS, _publishing(topic, messages)):
+            results = await self._async_link.call(commands)
+        _refused(topic, messages, results)
+
+    async def close_async(self) -> None:
+        self._async_link.close()
+
+    def _xadds(self, topic: str, messages: Sequence[Message]) -> list[list[bytes]]:
+        """One XADD per message: its id, body, key and headers as stream fields."""
         head = [b"XADD", self.key(topic).encode(), *self._trim]
         if self.options.max_age_ms is not None:
             head += [b"MINID", b"~", b"%d" % (time.time() * 1000 - self.options.max_age_ms)]
@@ -150,14 +170,7 @@ class RedisBackend(Backend):
                 for name, value in m.headers.items():
                     args += (name.encode(), value.encode())
             commands.append(args)
-        with translate_errors(ERRORS, f"publishing {len(messages)} message(s) to {topic!r} (stored or not: unknown)"):
-            results = resp.send(self._publish_pool, resp.pack(commands), len(commands))
-        failed = [(m.id, r) for m, r in zip(messages, results, strict=True) if isinstance(r, Exception)]
-        if failed:
-            raise PublishError(
-                f"{len(failed)} of {len(messages)} message(s) to {topic!r} refused: {failed[0][1]}",
-                tuple(mid for mid, _ in failed),
-            )
+        return commands
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -236,6 +249,7 @@ class RedisBackend(Backend):
         self._closing.set()
         self.client.close()
         self._publish_pool.disconnect()
+        self._async_link.close()
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -244,3 +258,17 @@ class RedisBackend(Backend):
 
 def _unparsed(response: Any, **options: Any) -> Any:
     return response
+
+
+def _publishing(topic: str, messages: Sequence[Message]) -> str:
+    return f"publishing {len(messages)} message(s) to {topic!r} (stored or not: unknown)"
+
+
+def _refused(topic: str, messages: Sequence[Message], results: list[object]) -> None:
+    """Raise PublishError naming the messages whose XADD Redis refused."""
+    failed = [(m.id, r) for m, r in zip(messages, results, strict=True) if isinstance(r, Exception)]
+    if failed:
+        raise PublishError(
+            f"{len(failed)} of {len(messages)} message(s) to {topic!r} refused: {failed[0][1]}",
+            tuple(mid for mid, _ in failed),
+        )

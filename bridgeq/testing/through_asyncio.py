@@ -48,7 +48,8 @@ class SlowCallbacks(logging.Handler):
 
 
 class LoopGuard:
-    """Records each call into a blocking backend made on the event loop's own thread."""
+    """Records each call into a blocking backend made on the event loop's own thread
+    (its ``*_async`` coroutine methods excepted)."""
 
     def __init__(self) -> None:
         self.loop_thread: int | None = None
@@ -72,8 +73,8 @@ class _Guarded:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
-        if name.startswith("_") or not callable(value):
-            return value
+        if name.startswith("_") or name.endswith("_async") or not callable(value):
+            return value  # coroutine methods are made to run on the loop
         guard, what = self._guard, f"{self._label}.{name}()"
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
