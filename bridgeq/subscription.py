@@ -98,11 +98,13 @@ class Subscription:
         return [buffer.popleft() for _ in range(max_messages)]
 
     def receive_into(self, max_messages: int, timeout: float | None, into: Future[list[Delivery]]) -> None:
-        """:meth:`receive_batch` into a future, then send the acks that were waiting.
+        """:meth:`receive_batch` into a future, then send the acks that were waiting
+        and read ahead what is already there.
 
-        For the asyncio API's reader thread: the acks' round trip overlaps the
-        caller's work on the batch instead of delaying it. Requeues and dead
-        letters still go first, so a requeued message can come back in this batch.
+        For the asyncio API's reader thread: the acks' round trip and the next
+        fetch overlap the caller's work on the batch instead of delaying it.
+        Requeues and dead letters still go first, so a requeued message can come
+        back in this batch. Reading ahead never waits and never exceeds prefetch.
         """
         if not into.set_running_or_notify_cancel():
             return
@@ -117,6 +119,21 @@ class Subscription:
             return
         if self._acks:
             self.flush_if_idle()
+        self._read_ahead(max_messages)
+
+    def _read_ahead(self, want: int) -> None:
+        """Buffer up to ``want`` deliveries already waiting, if prefetch leaves room for all."""
+        if self._closed or self._buffer or self.prefetch - self._outstanding < want:
+            return
+        if not self._io.acquire(blocking=False):
+            return
+        try:
+            if not self._closed:
+                self._take(self._consumer.fetch(want, 0.0))
+        except BridgeqError as exc:  # the next receive meets it again, and rides it out
+            log.debug("reading ahead on %s/%s failed: %r", self.topic, self.group, exc)
+        finally:
+            self._io.release()
 
     def take_buffered(self, max_messages: int) -> list[Delivery]:
         """Deliveries already fetched, without waiting or touching the broker."""
