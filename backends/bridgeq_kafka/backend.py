@@ -225,17 +225,19 @@ class KafkaBackend(Backend):
         if name not in self._known:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 self._ensure_topic(name)
-        futures: list[Any] = []
+        futures: list[Any] = []  # one per record sent; None once confirmed and let go (see _let_go)
         unsent: BridgeqError | None = None
-        send = producer.send
+        send, sent, confirmed = producer.send, futures.append, 0
         try:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 for message in messages:
                     headers = [(ID_HEADER, message.id.encode())]
                     if message.headers:
                         headers.extend((k, v.encode()) for k, v in message.headers.items())
-                    key = None if message.key is None else message.key.encode()
-                    futures.append(send(name, message.body, key, headers))
+                    key = message.key
+                    sent(send(name, message.body, None if key is None else key.encode(), headers))
+                    if not len(futures) % LET_GO_EVERY:
+                        confirmed = _let_go(futures, confirmed)
         except BridgeqError as exc:
             if not futures:
                 raise
@@ -244,6 +246,8 @@ class KafkaBackend(Backend):
         failed: list[str] = [m.id for m in messages[len(futures) :]]
         cause: BaseException | None = unsent
         for message, future in zip(messages, futures, strict=False):
+            if future is None or (future.is_done and future.exception is None):  # no get() for each
+                continue
             try:
                 future.get(timeout=wait)
             except Exception as exc:
@@ -350,6 +354,28 @@ class RunPartitioner(Partitioner):
             ordered = sorted(cluster.available_partitions_for_topic(topic) or cluster.partitions_for_topic(topic))
             current = self._current[topic] = (run, ordered[run % len(ordered)])
         return current[1]
+
+
+LET_GO_EVERY = 1024
+"""Records sent between two passes of :func:`_let_go` in a big publish."""
+
+
+def _let_go(futures: list[Any], start: int) -> int:
+    """Replace the confirmed futures at the head of ``futures[start:]`` by None; where the rest begins.
+
+    A big batch would otherwise keep every finished future alive until its end: the garbage
+    collector scans them again and again and moves them to its oldest generation, whose growth
+    starts full collections. Confirmations mostly come in sending order (one connection per
+    broker), so the head is where they are; a failed one stops the pass and is reported at the end.
+    """
+    end = len(futures)
+    while start < end:
+        future = futures[start]
+        if not future.is_done or future.exception is not None:
+            break
+        futures[start] = None
+        start += 1
+    return start
 
 
 def _raise_if_certificate_refused(config: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ MAX_SPAN = 1 << 20
 class Ledger:
     """One partition as one member holds it during one assignment. Not thread-safe."""
 
-    __slots__ = ("acked", "fetched", "inherited", "pending", "sent")
+    __slots__ = ("acked", "fetched", "horizon", "inherited", "pending", "sent", "slot")
 
     def __init__(self, committed: int | None, metadata: str = "") -> None:
         self.fetched = committed
@@ -41,8 +41,12 @@ class Ledger:
         """Delivered and not acked, ascending: offset -> deliveries so far."""
         self.acked, self.inherited = decode(committed, metadata)
         """Acked above the watermark (never delivered again); deliveries by earlier owners of unseen offsets."""
+        self.horizon = max((*self.acked, *self.inherited), default=-1) + 1
+        """From this offset on the metadata says nothing: records there are plain first deliveries."""
         self.sent = (committed, metadata) if committed is not None else None
         """The (offset, metadata) last committed."""
+        self.slot = 0
+        """The member's number for this ledger: it goes into the tokens of its deliveries."""
 
     def deliver(self, offset: int) -> int:
         """The attempt number for the record at ``offset``, or 0 when it must not be delivered."""
@@ -53,6 +57,19 @@ class Ledger:
             return 0
         attempt = self.pending[offset] = self.inherited.pop(offset, 0) + 1
         return attempt
+
+    def deliver_all(self, offsets: list[int]) -> list[int] | None:
+        """:meth:`deliver` for the ascending offsets one poll returned for the partition.
+
+        None when every one is a first delivery, the usual case, booked in bulk:
+        nothing at or above the first was seen in this assignment or is in the metadata.
+        """
+        first = offsets[0]
+        if first >= self.horizon and (self.fetched is None or first >= self.fetched):
+            self.pending.update(dict.fromkeys(offsets, 1))
+            self.fetched = offsets[-1] + 1
+            return None
+        return [self.deliver(offset) for offset in offsets]
 
     def redeliver(self, offset: int) -> int:
         """Count another delivery of an unacked offset; its attempt number, or 0 if it is not pending."""
@@ -66,6 +83,18 @@ class Ledger:
         if self.pending.pop(offset, None) is not None:
             self.acked.add(offset)
 
+    def ack_all(self, offsets: list[int]) -> None:
+        """:meth:`ack` for many offsets. Only those above the new watermark are kept in ``acked``:
+        the ones below are what the next commit covers anyway."""
+        pending = self.pending
+        pop = pending.pop
+        for offset in offsets:
+            pop(offset, None)
+        if pending and offsets:
+            mark = next(iter(pending))
+            if max(offsets) > mark:  # acked out of order: remembered until the watermark passes them
+                self.acked.update(offset for offset in offsets if offset > mark)
+
     def watermark(self) -> int | None:
         """The offset to commit: everything below it is acked."""
         return next(iter(self.pending)) if self.pending else self.fetched
@@ -75,7 +104,8 @@ class Ledger:
         mark = self.watermark()
         if mark is None:
             return None
-        self.acked = {offset for offset in self.acked if offset >= mark}
+        if self.acked:
+            self.acked = {offset for offset in self.acked if offset >= mark}
         point = (mark, encode(mark, self.acked, {**self.inherited, **self.pending}))
         return None if point == self.sent else point
 
@@ -84,8 +114,9 @@ def encode(base: int, acked: Iterable[int], delivered: Mapping[int, int]) -> str
     """The metadata string for a commit at ``base`` (see the module docstring)."""
     parts = [MAGIC]
     size = len(MAGIC)
-    ranges = _ranges(sorted(o - base for o in acked if o >= base))
-    counts = [f"{o - base}*{n}" for o, n in sorted(delivered.items()) if o >= base]
+    ranges: Iterable[str] = _ranges(sorted(o - base for o in acked if o >= base))
+    # Lazy: with many deliveries pending, only what fits under the limit is formatted.
+    counts: Iterable[str] = (f"{o - base}*{n}" for o, n in sorted(delivered.items()) if o >= base)
     for label, items in (("acked", ranges), ("delivered", counts)):
         kept: list[str] = []
         for item in items:

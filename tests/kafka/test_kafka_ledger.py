@@ -83,6 +83,34 @@ def test_a_new_owner_skips_acked_offsets_and_continues_attempt_counts() -> None:
     assert [second.deliver(offset) for offset in range(0, 6)] == [3, 0, 2, 0, 2, 1]
 
 
+def test_bulk_delivery_and_acks_commit_exactly_what_one_at_a_time_does() -> None:
+    """deliver_all/ack_all (the member's hot path) against deliver/ack, polls and ack batches at random,
+    starting from metadata an earlier owner left (acked offsets and attempt counts ahead of the commit)."""
+    rng = random.Random(11)
+    for _ in range(300):
+        start = rng.randint(0, 50)
+        earlier = Ledger(start)
+        delivered(earlier, range(start, start + rng.randint(0, 12)))
+        for offset in rng.sample(sorted(earlier.pending), rng.randint(0, len(earlier.pending))):
+            earlier.ack(offset)
+        base, metadata = earlier.commit() or (start, "")
+        bulk, single = Ledger(base, metadata), Ledger(base, metadata)
+        position, unacked = base - rng.randint(0, 3), []  # a poll may repeat what was seen (after a seek)
+        for _ in range(rng.randint(1, 6)):
+            offsets = sorted(rng.sample(range(position, position + 12), rng.randint(1, 8)))  # gaps: compaction
+            position = offsets[-1] + 1 - rng.choice([0, 0, 0, 2])
+            attempts = bulk.deliver_all(offsets)
+            assert (attempts or [1] * len(offsets)) == [single.deliver(offset) for offset in offsets]
+            unacked += [o for o, a in zip(offsets, attempts or [1] * len(offsets), strict=True) if a]
+            rng.shuffle(unacked)
+            acks = unacked[: rng.randint(0, len(unacked))]
+            unacked = unacked[len(acks) :]
+            bulk.ack_all(acks)
+            for offset in acks:
+                single.ack(offset)
+            assert bulk.commit() == single.commit()
+
+
 def test_records_seen_before_in_this_assignment_are_not_delivered_again() -> None:
     ledger = Ledger(5)
     assert ledger.deliver(4) == 0, "below the committed offset"

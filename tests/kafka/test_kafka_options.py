@@ -1,4 +1,4 @@
-"""URL options, security settings, the error table and the partitioner, without a broker."""
+"""URL options, security settings, the error table, the partitioner and publish bookkeeping, without a broker."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import uuid
 
 import kafka.errors as kx
 import pytest
+from kafka.future import Future
 from kafka.partitioner.default import DefaultPartitioner
 
 import bridgeq
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, MessageTooLarge
 from bridgeq.spi import translate_errors
 from bridgeq.url import parse
-from bridgeq_kafka.backend import RunPartitioner
+from bridgeq_kafka.backend import RunPartitioner, _let_go
 from bridgeq_kafka.errors import ERRORS
 
 
@@ -149,6 +150,15 @@ def test_keyless_records_go_in_runs_to_every_partition() -> None:
     runs = [chosen[i : i + RunPartitioner.RUN] for i in range(0, len(chosen), RunPartitioner.RUN)]
     assert all(len(set(run)) == 1 for run in runs)
     assert {run[0] for run in runs} == {0, 1, 2}
+
+
+def test_a_big_publish_lets_go_of_confirmed_futures_only_up_to_the_first_unconfirmed() -> None:
+    done, failed, waiting = Future().success(None), Future().failure(kx.KafkaTimeoutError()), Future()
+    futures = [done, done, failed, done, waiting]
+    assert _let_go(futures, 0) == 2 and futures[:3] == [None, None, failed], "a failure stays, to be reported"
+    futures = [None, None, done, waiting, done]
+    assert _let_go(futures, 2) == 3 and futures == [None, None, None, waiting, done]
+    assert _let_go(futures, 3) == 3, "nothing confirmed at the head: nothing let go"
 
 
 def test_sasl_round_trip_never_logs_the_password(caplog: pytest.LogCaptureFixture) -> None:
