@@ -11,8 +11,9 @@ Rows (throughput rows: the median of ``--rounds`` interleaved rounds, bridgeq an
   beyond its wire format;
 - single publish: ``broker.publish`` vs ``send(...).get()``, one message in flight;
 - consume + ack: ``receive_batch(B)`` + ``d.ack()`` (one commit per batch) vs ``poll(max_records=B)``
-  + ``commit()``, two fresh groups reading the same topic filled by bridgeq, timed from the first
+  + ``commit()``, fresh groups reading the same topic filled by bridgeq, timed from the first
   batch (joining is its own row);
+- consume + batch ack: the same with ``sub.ack(batch)``, one call per batch like raw's ``commit()``;
 - publish->receive latency p50/p99: one message in flight, the consumer in its own process;
 - group join: from creating a consumer of a fresh group to its first record (a message waits).
 
@@ -99,18 +100,22 @@ class Bench:
     # -- consume -------------------------------------------------------------------------
 
     def filled(self) -> str:
-        """A topic of ``messages`` bridgeq records, with groups 'bq' and 'raw' at its start."""
-        return common.fill(self.broker, self.topic(), self.messages, self.batch, self.body)
+        """A topic of ``messages`` bridgeq records, with groups 'bq', 'bq-batch' and 'raw' at its start."""
+        return common.fill(self.broker, self.topic(), self.messages, self.batch, self.body, ("bq", "bq-batch", "raw"))
 
-    def consume_bridgeq(self, topic: str) -> float:
+    def consume_bridgeq(self, topic: str, batch_ack: bool = False) -> float:
         batch = self.batch_consume
-        with self.broker.subscribe(topic, "bq", prefetch=batch, max_deliveries=None) as sub:
+        group = "bq-batch" if batch_ack else "bq"
+        with self.broker.subscribe(topic, group, prefetch=batch, max_deliveries=None) as sub:
             got = sub.receive_batch(batch, timeout=30)
             started = time.perf_counter()
             received = len(got)
             while True:
-                for delivery in got:
-                    delivery.ack()
+                if batch_ack:
+                    sub.ack(got)
+                else:
+                    for delivery in got:
+                        delivery.ack()
                 if received >= self.messages:
                     break
                 got = sub.receive_batch(batch, timeout=5)
@@ -119,7 +124,7 @@ class Bench:
                 received += len(got)
             sub.flush()
             result = received / (time.perf_counter() - started)
-        assert self.broker.depth(topic, "bq") == 0
+        assert self.broker.depth(topic, group) == 0
         return result
 
     def consume_raw(self, topic: str) -> float:
@@ -244,8 +249,9 @@ def main() -> None:
         "batch produce, raw with the same ce_id header (msg/s)": [],
         "single publish (msg/s)": [],
         f"consume + ack, {args.consume_batch}/commit (msg/s)": [],
+        f"consume + batch ack (sub.ack), {args.consume_batch}/commit (msg/s)": [],
     }
-    produce, produce_same, single, consume = rows.values()
+    produce, produce_same, single, consume, consume_batch_ack = rows.values()
     try:
         version = ".".join(map(str, bench.raw.config["api_version"]))  # the protocol level kafka-python settled on
         bench.produce_bridgeq(), bench.produce_raw(), bench.produce_raw(with_id=True)  # warm-up
@@ -255,6 +261,7 @@ def main() -> None:
             single.append((bench.single_bridgeq(args.single), bench.single_raw(args.single)))
             topic = bench.filled()
             consume.append((bench.consume_bridgeq(topic), bench.consume_raw(topic)))
+            consume_batch_ack.append((bench.consume_bridgeq(topic, batch_ack=True), consume[-1][1]))
         lat_bq, lat_raw = bench.latency("bridgeq", args.samples), bench.latency("raw", args.samples)
         joins_bq = [bench.join_bridgeq() for _ in range(args.joins)]
         joins_raw = [bench.join_raw() for _ in range(args.joins)]

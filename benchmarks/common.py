@@ -62,10 +62,12 @@ def base_parser(
     return parser
 
 
-def fill(broker: Any, topic: str, messages: int, batch: int, body: bytes) -> str:
-    """Declare groups 'bq' and 'raw' on ``topic``, then publish ``messages`` bodies ``batch`` at a time."""
-    broker.declare(topic, "bq")
-    broker.declare(topic, "raw")
+def fill(
+    broker: Any, topic: str, messages: int, batch: int, body: bytes, groups: Sequence[str] = ("bq", "raw")
+) -> str:
+    """Declare ``groups`` on ``topic``, then publish ``messages`` bodies ``batch`` at a time."""
+    for group in groups:
+        broker.declare(topic, group)
     for _ in range(messages // batch):
         broker.publish_batch(topic, [body] * batch)
     return topic
