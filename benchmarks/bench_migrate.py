@@ -1,16 +1,22 @@
 """Migration throughput against its two limits, measured in one run.
 
-    python benchmarks/bench_migrate.py --source URL --destination URL [--messages N] [--batch B] [--json]
+    python benchmarks/bench_migrate.py --source URL --destination URL [--messages N] [--batch B]
+                                       [--rounds R] [--in-process] [--json]
 
 Rows: bridgeq's own consume rate on the source (receive_batch + ack), its batch
 publish rate on the destination, and the migration's rate (with a checkpoint,
-fsynced per batch); the ratio is migration / min(consume, publish).
+fsynced per batch); the ratio is migration / min(consume, publish). Each round
+measures all three in turn, on fresh topics; the table shows each row's median
+over the rounds (so a burst of load from elsewhere on the machine skews one
+sample, not the ratio) and the range. ``--in-process`` publishes from a thread
+of the benchmark's process instead of the migration's publisher process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 import uuid
@@ -50,15 +56,8 @@ def consume(url: str, topic: str, group: str, messages: int, batch: int) -> floa
         return (messages - len(first)) / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--destination", required=True)
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
+    """Consume, publish and migration rates, each on fresh topics (deleted afterwards)."""
     tag = uuid.uuid4().hex[:8]
     consumed, published, migrated = f"bm-consume-{tag}", f"bm-publish-{tag}", f"bm-migrate-{tag}"
     try:
@@ -68,7 +67,13 @@ def main() -> None:
         fill(args.source, migrated, args.messages, args.size, args.batch, DEFAULT_GROUP)
         with tempfile.TemporaryDirectory() as folder:
             report = bridgeq.migrate(
-                args.source, args.destination, migrated, batch=args.batch, checkpoint=f"{folder}/ck", idle_timeout=1.0
+                args.source,
+                args.destination,
+                migrated,
+                batch=args.batch,
+                checkpoint=f"{folder}/ck",
+                idle_timeout=1.0,
+                publisher_process=False if args.in_process else None,
             )
         assert report.moved == args.messages, report
     finally:
@@ -76,26 +81,57 @@ def main() -> None:
             with bridgeq.connect(url) as broker:
                 for topic in topics:
                     broker.delete(topic)
-    limit = min(consume_rate, publish_rate)
+    return consume_rate, publish_rate, report.rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True)
+    parser.add_argument("--destination", required=True)
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all three measurements (medians shown)")
+    parser.add_argument("--in-process", action="store_true", help="publish from a thread, not a child process")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rounds = [one_round(args) for _ in range(max(1, args.rounds))]
+    consume_rate, publish_rate, migration_rate = (statistics.median(column) for column in zip(*rounds, strict=True))
     result = {
         "source": str(bridgeq.connect(args.source).url),
         "destination": str(bridgeq.connect(args.destination).url),
         "messages": args.messages,
+        "rounds": len(rounds),
+        "publisher": "thread" if args.in_process else "auto",
         "consume_rate_source": consume_rate,
         "publish_rate_destination": publish_rate,
-        "migration_rate": report.rate,
-        "ratio": report.rate / limit,
+        "migration_rate": migration_rate,
+        "ratio": migration_rate / min(consume_rate, publish_rate),
+        "per_round": [{"consume": c, "publish": p, "migration": m, "ratio": m / min(c, p)} for c, p, m in rounds],
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"migrate {result['source']} -> {result['destination']}: {args.messages:,} x {args.size} B")
+    title = (
+        f"migrate {result['source']} -> {result['destination']}: "
+        f"{args.messages:,} x {args.size} B, median of {len(rounds)} round(s)"
+    )
+    table = Table(title=title)
     table.add_column("row")
     table.add_column("msg/s", justify="right")
-    table.add_row("bridgeq consume on the source (receive_batch + ack)", f"{consume_rate:,.0f}")
-    table.add_row("bridgeq batch publish on the destination", f"{publish_rate:,.0f}")
-    table.add_row("migration (checkpointed, confirmed, acked)", f"{report.rate:,.0f}")
-    table.add_row("ratio migration / slower of the two", f"{result['ratio']:.2f}x")
+    table.add_column("range", justify="right")
+    spread = [(min(column), max(column)) for column in zip(*rounds, strict=True)]
+    rows = (
+        ("bridgeq consume on the source (receive_batch + ack)", consume_rate),
+        ("bridgeq batch publish on the destination", publish_rate),
+        ("migration (checkpointed, confirmed, acked)", migration_rate),
+    )
+    for (label, rate), (low, high) in zip(rows, spread, strict=True):
+        table.add_row(label, f"{rate:,.0f}", f"{low:,.0f} - {high:,.0f}")
+    ratios = [r["ratio"] for r in result["per_round"]]
+    table.add_row(
+        "ratio migration / slower of the two", f"{result['ratio']:.2f}x", f"{min(ratios):.2f} - {max(ratios):.2f}"
+    )
     Console().print(table)
 
 

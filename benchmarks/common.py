@@ -62,9 +62,7 @@ def base_parser(
     return parser
 
 
-def fill(
-    broker: Any, topic: str, messages: int, batch: int, body: bytes, groups: Sequence[str] = ("bq", "raw")
-) -> str:
+def fill(broker: Any, topic: str, messages: int, batch: int, body: bytes, groups: Sequence[str] = ("bq", "raw")) -> str:
     """Declare ``groups`` on ``topic``, then publish ``messages`` bodies ``batch`` at a time."""
     for group in groups:
         broker.declare(topic, group)

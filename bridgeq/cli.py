@@ -359,6 +359,7 @@ def bench(url: str, messages: int, size: int, batch: int, as_json: bool, through
 @click.option("--rate", type=float, default=None, help="at most this many messages per second")
 @click.option("--batch", default=500, show_default=True, help="messages per confirmed batch")
 @click.option("--idle-timeout", default=2.0, show_default=True, help="stop after this long with nothing new")
+@click.option("--in-process", is_flag=True, help="publish from a thread of this process, not a child process (slower)")
 @click.option("--json", "as_json", is_flag=True)
 def migrate(
     source: str,
@@ -373,6 +374,7 @@ def migrate(
     rate: float | None,
     batch: int,
     idle_timeout: float,
+    in_process: bool,
     as_json: bool,
 ) -> None:
     """Move (or with --follow, mirror) a topic from SOURCE to DESTINATION, losing nothing."""
@@ -417,6 +419,7 @@ def migrate(
             idle_timeout=idle_timeout,
             progress=show,
             stop=stop,
+            publisher_process=False if in_process else None,
         )
     if as_json:
         click.echo(json.dumps(_report_dict(report), indent=2))

@@ -2,8 +2,11 @@
 
 A fingerprint is a SHA-256 over body, key and headers, so an altered message is
 told apart from a duplicate. With a checkpoint file the manifest is an
-append-only TSV beside it (``<checkpoint>.manifest``: id, fingerprint), fsynced
-before the source is acked, and the checkpoint (JSON) holds the totals.
+append-only TSV beside it (``<checkpoint>.manifest``: id, fingerprint), made
+durable (``O_DSYNC``, or fsync) before the source is acked; the checkpoint
+(JSON) holds the totals, rewritten every SAVE_EVERY seconds and at the end.
+A migration computes fingerprints and lines in bulk (:func:`fingerprint_lines`) on
+whichever side has time, and files them with :meth:`Manifest.add`.
 """
 
 from __future__ import annotations
@@ -11,26 +14,54 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bridgeq.errors import ConfigError
-from bridgeq.message import Delivery
+
+SAVE_EVERY = 0.25
+"""Seconds between writes of the checkpoint's totals while moving (a resume recounts from the manifest)."""
+
+_NO_KEY = b"\0key\0\xff"
+_sha256 = hashlib.sha256
+
+
+class Fingerprinted(Protocol):
+    """A message or a delivery: what a fingerprint covers, and its id."""
+
+    id: str
+    body: bytes
+    key: str | None
+    headers: Mapping[str, str]
 
 
 def fingerprint(body: bytes, key: str | None, headers: Mapping[str, str]) -> str:
     """SHA-256 of what must arrive unchanged: body, key and headers."""
-    digest = hashlib.sha256(body)
-    digest.update(b"\0key\0" + (key.encode("utf-8") if key is not None else b"\xff"))
-    for name in sorted(headers):
-        digest.update(b"\0h\0" + name.encode("utf-8") + b"\0" + headers[name].encode("utf-8"))
+    digest = _sha256(body)
+    digest.update(_NO_KEY if key is None else b"\0key\0" + key.encode("utf-8"))
+    if headers:
+        for name in sorted(headers):
+            digest.update(b"\0h\0" + name.encode("utf-8") + b"\0" + headers[name].encode("utf-8"))
     return digest.hexdigest()
 
 
-def fingerprint_of(delivery: Delivery) -> str:
+def fingerprint_of(delivery: Fingerprinted) -> str:
     return fingerprint(delivery.body, delivery.key, delivery.headers)
+
+
+def fingerprint_lines(messages: Sequence[Fingerprinted]) -> tuple[list[str], str]:
+    """The fingerprints of ``messages`` and their manifest lines, ready for :meth:`Manifest.add`."""
+    sha256 = _sha256
+    digests = [
+        sha256(m.body + _NO_KEY).hexdigest()  # the same digest as fingerprint(), in one call
+        if m.key is None and not m.headers
+        else fingerprint(m.body, m.key, m.headers)
+        for m in messages
+    ]
+    return digests, "".join([f"{m.id}\t{digest}\n" for m, digest in zip(messages, digests, strict=True)])
 
 
 @dataclass
@@ -53,10 +84,14 @@ class Manifest:
         self.entries: dict[str, str] = {}
         self.path = Path(checkpoint) if checkpoint else None
         self.progress = Progress(identity)
-        self._log = None
+        self._log: int | None = None  # the manifest file's descriptor, opened for durable appends
+        self._saved = 0.0  # when the totals were last written
         if self.path is not None:
             self._load(identity)
-            self._log = open(self._manifest_path(), "a", encoding="utf-8")  # noqa: SIM115 - kept open
+            torn = _torn(self._manifest_path())
+            self._log = os.open(self._manifest_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _DSYNC, 0o644)
+            if torn:
+                self._append("\n")  # end a torn last line, or the next entry would join it
 
     def _manifest_path(self) -> Path:
         assert self.path is not None
@@ -87,29 +122,46 @@ class Manifest:
         self.progress.runs += 1
         self.save()
 
-    def seen(self, delivery: Delivery) -> bool:
+    def seen(self, delivery: Fingerprinted) -> bool:
         """True when this id was already moved unchanged (a redelivery after a crash)."""
         known = self.entries.get(delivery.id)
         return known is not None and known == fingerprint_of(delivery)
 
-    def record(self, deliveries: Iterable[Delivery]) -> None:
-        """Add moved messages; durable (fsynced) before this returns when there is a file."""
-        lines = []
-        for delivery in deliveries:
-            digest = fingerprint_of(delivery)
-            if self.entries.get(delivery.id) != digest:
-                self.entries[delivery.id] = digest
-                lines.append(f"{delivery.id}\t{digest}\n")
+    def unseen(self, deliveries: list[Any]) -> list[Any]:
+        """The deliveries not already moved unchanged (all of them, quickly, when nothing was moved yet)."""
+        entries = self.entries
+        if not entries:
+            return deliveries
+        return [d for d in deliveries if d.id not in entries or not self.seen(d)]
+
+    def record(self, deliveries: Iterable[Fingerprinted], batches: int = 1) -> None:
+        """Add moved messages; durable before this returns when there is a file."""
+        moved = [d for d in deliveries if not self.seen(d)]
+        digests, lines = fingerprint_lines(moved)
+        self.add([d.id for d in moved], digests, lines, batches)
+
+    def add(self, ids: Sequence[str], digests: Sequence[str], lines: str, batches: int = 1) -> None:
+        """Add moved messages with their fingerprints and manifest lines (see :func:`fingerprint_lines`);
+        durable before this returns when there is a file."""
+        self.entries.update(zip(ids, digests, strict=True))
         self.progress.moved = len(self.entries)
-        self.progress.batches += 1
+        self.progress.batches += batches
         if self._log is not None and lines:
-            self._log.write("".join(lines))
-            self._log.flush()
-            os.fsync(self._log.fileno())
-            self.save()
+            self._append(lines)
+            if time.monotonic() - self._saved >= SAVE_EVERY:
+                self.save()
+
+    def _append(self, text: str) -> None:
+        assert self._log is not None
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            data = data[os.write(self._log, data) :]
+        if not _DSYNC:
+            os.fsync(self._log)
 
     def save(self) -> None:
         """Write the totals atomically (temp file, fsync, rename)."""
+        self._saved = time.monotonic()
         if self.path is None:
             return
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -121,5 +173,20 @@ class Manifest:
 
     def close(self) -> None:
         if self._log is not None:
-            self._log.close()
+            os.close(self._log)
             self._log = None
+
+
+_DSYNC: int = getattr(os, "O_DSYNC", 0)
+"""Where the platform has it, each append is durable when write() returns: one system call, not two."""
+
+
+def _torn(path: Path) -> bool:
+    """True when the file's last line lacks its newline (a crash mid-write)."""
+    if not path.exists():
+        return False
+    with open(path, "rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"

@@ -1,37 +1,53 @@
 """Move or mirror a topic from one broker to another, with nothing lost.
 
-The source is read as a group; each batch is published to the destination and
-confirmed, recorded in the manifest (fsynced with a checkpoint), and only then
-acked on the source: at-least-once. A reader thread keeps the next batch coming
-while the current one is published. After a crash the same call resumes: what
-the manifest already holds is acked without being sent again, so duplicates are
-bounded by the one batch that was in flight. ``verify`` reads the destination
-with its own group and compares it with the manifest.
+The source is read as a group by a reader thread; each batch goes to a relay
+(:mod:`bridgeq.relay`) that publishes it to the destination, by default from a
+child process so that consuming and publishing do not share one GIL. Once the
+destination confirmed a batch it is recorded in the manifest (fsynced) and only
+then acked on the source: at-least-once. A few batches are in flight at once
+(``WINDOW``); after a crash the same call resumes: what the manifest already
+holds is acked without being sent again, so duplicates are bounded by the
+in-flight window. ``verify`` reads the destination with its own group and
+compares it with the manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 from bridgeq import api
-from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, PublishError
-from bridgeq.manifest import Manifest, fingerprint_of
+from bridgeq.errors import BridgeqError, ConfigError
+from bridgeq.manifest import Manifest, fingerprint_lines, fingerprint_of
 from bridgeq.message import Delivery
 from bridgeq.names import check_name
+from bridgeq.relay import Failed, ProcessRelay, Published, Relay, RelayStartError, ThreadRelay
 from bridgeq.url import resolve
 
 DEFAULT_GROUP = "bridgeq-migrate"
 VERIFY_GROUP = "bridgeq-verify"
-RETRIES = 5
+WINDOW = 4
+"""The in-flight window, in batches: at most ``WINDOW * batch`` messages are handed to the relay and not yet
+recorded, the only ones a crash can duplicate (read and not yet handed over, they are delivered again once)."""
+READ_AHEAD = 8
+"""Batches read and not yet acked (the source subscription's prefetch): more than WINDOW, so a broker that
+counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel."""
+RELAY_AHEAD = 2
+"""With more batches than this unconfirmed, the relay is the slower side: fingerprints are computed here."""
+IN_FLIGHT_POLL = 0.01
+"""How long the reader waits for the source while batches are in flight: the acks made meanwhile go out
+with its next fetch, so a broker that stops at the prefetch limit (RabbitMQ) resumes promptly."""
+DEPTH_EVERY = 0.5
+"""Seconds between the source depth queries behind progress reports."""
 STALL_TIMEOUT = 120.0
 """How long a migration waits for messages the source says are waiting but does not deliver."""
 
@@ -122,12 +138,23 @@ def migrate(
     idle_timeout: float = 2.0,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    publisher_process: bool | None = None,
 ) -> MigrationReport:
     """Move ``topic`` from ``source`` to ``destination`` (as ``to_topic``); see the module doc.
 
     Without ``follow`` it stops once nothing arrived for ``idle_timeout`` seconds;
-    with it, when ``stop`` is set (Ctrl-C / SIGTERM in the CLI), after the batch
-    in flight is confirmed and acked.
+    with it, when ``stop`` is set (Ctrl-C / SIGTERM in the CLI), after the batches
+    in flight are confirmed and acked. At most ``WINDOW`` batches of ``batch`` are
+    in flight: the bound on duplicates after a crash (``in_flight_window``); up to
+    ``READ_AHEAD`` batches are read ahead of the acks, which bounds memory (for
+    large messages, lower ``batch``).
+
+    ``publisher_process``: publish from a child process that connects to
+    ``destination`` itself (True), or from a thread of this one (False). The
+    default (None) uses a process unless the destination is ``memory://``, which
+    cannot be reached from another process, and falls back to a thread, with a
+    warning, where no child Python can be started. The child's errors are raised
+    here as the same bridgeq errors; it ends with this call, or with this process.
     """
     to_topic = to_topic or topic
     group = group or DEFAULT_GROUP
@@ -135,8 +162,13 @@ def migrate(
         check_name(kind, name)
     if batch < 1:
         raise ConfigError(f"batch must be at least 1, got {batch}")
-    report = MigrationReport(str(resolve(source)), str(resolve(destination)), topic, to_topic, group, dry_run=dry_run)
-    with api.connect(source) as src, api.connect(destination) as dst:
+    target = resolve(destination)
+    if publisher_process and target.scheme == "memory":
+        raise ConfigError("memory:// lives inside one process: it cannot be published to from a child process")
+    report = MigrationReport(str(resolve(source)), str(target), topic, to_topic, group, dry_run=dry_run)
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(api.connect(source))
+        dst = stack.enter_context(api.connect(destination))
         report.capability_diff = [
             (name, getattr(src.capabilities, name), getattr(dst.capabilities, name)) for name in COMPARED
         ]
@@ -145,18 +177,60 @@ def migrate(
         report.waiting = src.depth(topic, group)
         if dry_run:
             return report
+        events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        child = None
+        if publisher_process is not False and target.scheme != "memory":
+            raw = destination if isinstance(destination, str) else target.render(hide_password=False)
+            child = _spawn(raw, to_topic, events, publisher_process is None, report)  # starts while we declare
+            if child is not None:
+                stack.enter_context(child)
         dst.declare(to_topic, VERIFY_GROUP if verify else None)
+        relay = _started(child, dst, to_topic, events, publisher_process is None, report)
+        stack.enter_context(relay)
         identity = {"source": report.source, "destination": report.destination, "topic": topic, "to": to_topic}
         manifest = Manifest(checkpoint, identity | {"group": group})
         try:
             report.resumed = manifest.resumed
-            _move(src, dst, manifest, report, batch, idle_timeout, follow, rate, progress, stop or threading.Event())
+            _move(src, relay, events, manifest, report, batch, idle_timeout, follow, rate, progress, stop)
         finally:
             manifest.close()
         report.moved = len(manifest.entries)
         if verify:
             report.verify = verify_destination(dst, to_topic, manifest, idle_timeout)
     return report
+
+
+def _spawn(
+    url: str, topic: str, events: queue.SimpleQueue[_Event], fallback: bool, report: MigrationReport
+) -> ProcessRelay | None:
+    """The publisher process, starting; None (with a warning) where it cannot start and a thread will do."""
+    try:
+        return ProcessRelay(url, topic, events)
+    except RelayStartError as exc:
+        if not fallback:
+            raise
+        report.warnings.append(f"publishing from this process: {exc}")
+        return None
+
+
+def _started(
+    child: ProcessRelay | None,
+    dst: api.Broker,
+    topic: str,
+    events: queue.SimpleQueue[_Event],
+    fallback: bool,
+    report: MigrationReport,
+) -> Relay:
+    """``child`` once it is connected, or a thread relay when there is none (or it could not start)."""
+    if child is not None:
+        try:
+            child.start()
+            return child
+        except RelayStartError as exc:
+            if not fallback:
+                raise
+            report.warnings.append(f"publishing from this process: {exc}")
+    return ThreadRelay(dst, topic, events)
 
 
 def _warnings(src: api.Broker, dst: api.Broker, verify: bool) -> list[str]:
@@ -178,9 +252,40 @@ def _warnings(src: api.Broker, dst: api.Broker, verify: bool) -> list[str]:
     return said
 
 
+class _Chunk(NamedTuple):
+    """The reader thread read a batch."""
+
+    deliveries: list[Delivery]
+
+
+_Event: TypeAlias = "_Chunk | Published | Failed | None"
+"""What the main thread waits for: a batch read, one confirmed or failed, or None: the reader is done."""
+
+
+@dataclass
+class _Flight:
+    """A batch read and not yet acked; ``fresh`` is what had to be published (not already in the manifest),
+    ``digests`` and ``lines`` their fingerprints and manifest lines."""
+
+    chunk: list[Delivery]
+    fresh: list[Delivery]
+    confirmed: bool
+    digests: list[str] = field(default_factory=list)
+    lines: str = ""
+
+
+@dataclass
+class _Tally:
+    """Messages read (written by the reader thread only) and settled (by the main thread only)."""
+
+    read: int = 0
+    settled: int = 0
+
+
 def _move(
     src: api.Broker,
-    dst: api.Broker,
+    relay: Relay,
+    events: queue.SimpleQueue[_Event],
     manifest: Manifest,
     report: MigrationReport,
     batch: int,
@@ -188,56 +293,96 @@ def _move(
     follow: bool,
     rate: float | None,
     progress: Progress | None,
-    stop: threading.Event,
+    stop: threading.Event | None,
 ) -> None:
+    """Read, relay, and settle in order: record what was confirmed (one fsync), then ack it on the source."""
+    stop = stop or threading.Event()
     status = MigrationStatus(moved=len(manifest.entries))
-    started = last_moved = time.monotonic()
     moved_before = status.moved
-    with src.subscribe(report.topic, report.group, prefetch=batch * 2, max_deliveries=None) as sub:
-        report.in_flight_window = manifest.progress.in_flight_window = batch * 2
-        batches: queue.Queue[list[Delivery] | None] = queue.Queue(maxsize=2)
+    window = WINDOW * batch
+    tally = _Tally()
+    with src.subscribe(report.topic, report.group, prefetch=READ_AHEAD * batch, max_deliveries=None) as sub:
+        report.in_flight_window = manifest.progress.in_flight_window = window
+        started = last_moved = depth_at = time.monotonic()
         reader = threading.Thread(
             target=_read,
-            args=(
-                sub,
-                batches,
-                batch,
-                idle_timeout,
-                follow,
-                stop,
-                lambda: _quiet_depth(src, report.topic, report.group),
-            ),
+            args=(sub, events, tally, batch, idle_timeout, follow, stop, rate, started),
+            kwargs={"waiting": lambda: _quiet_depth(src, report.topic, report.group)},
             name="bridgeq-migrate-reader",
+            daemon=True,
         )
         reader.start()
+        flights: deque[_Flight] = deque()  # read and not yet acked, in order
+        held: deque[_Flight] = deque()  # of those, the ones waiting for room in the window
+        unconfirmed: dict[int, _Flight] = {}
+        sequence = itertools.count()
+        relayed = 0  # messages handed to the relay and not yet recorded: at most the window
+        reading = True
+        failure: BaseException | None = None
         try:
-            while (chunk := batches.get()) is not None:
-                fresh = [d for d in chunk if not manifest.seen(d)]
-                if fresh:
-                    _publish_with_retry(dst, report.to_topic, fresh, stop)
-                    manifest.record(fresh)
-                status.skipped_duplicates += len(chunk) - len(fresh)
-                sub.ack(chunk)
+            while reading or flights:
+                for event in _drain(events):
+                    if type(event) is _Chunk:
+                        chunk = event.deliveries
+                        fresh = manifest.unseen(chunk)
+                        flight = _Flight(chunk, fresh, not fresh)
+                        flights.append(flight)
+                        if fresh:
+                            held.append(flight)
+                    elif type(event) is Published:
+                        flight = unconfirmed.pop(event.seq)
+                        flight.confirmed = True
+                        if event.lines:
+                            flight.digests, flight.lines = event.digests, event.lines
+                    elif type(event) is Failed:
+                        failure = failure or event.error
+                    else:
+                        reading = False
+                        if stop.is_set():
+                            relay.stop_retrying()
+                if failure is not None:
+                    raise failure
+                settled: list[_Flight] = []
+                while flights and flights[0].confirmed:
+                    settled.append(flights.popleft())
+                if settled:
+                    _record(manifest, settled)
+                    relayed -= sum(len(f.fresh) for f in settled)
+                while held and (not relayed or relayed + len(held[0].fresh) <= window):
+                    flight = held.popleft()
+                    seq = next(sequence)
+                    unconfirmed[seq] = flight
+                    relayed += len(flight.fresh)
+                    behind = len(unconfirmed) > RELAY_AHEAD  # the publishing side is the slower one
+                    relay.submit(seq, flight.fresh, fingerprint=not behind)
+                    if behind:  # so fingerprint here, while it publishes
+                        flight.digests, flight.lines = fingerprint_lines(flight.fresh)
+                if not settled:
+                    continue
+                chunks = [d for flight in settled for d in flight.chunk]
+                sub.ack(chunks)
+                tally.settled += len(chunks)
+                status.skipped_duplicates += sum(len(f.chunk) - len(f.fresh) for f in settled)
                 status.moved = len(manifest.entries)
                 last_moved = time.monotonic()
                 elapsed = last_moved - started
                 status.rate = (status.moved - moved_before) / elapsed if elapsed else 0.0
                 if progress is not None:
-                    status.waiting = _quiet_depth(src, report.topic, report.group)
+                    if status.waiting is None or last_moved - depth_at >= DEPTH_EVERY:
+                        status.waiting, depth_at = _quiet_depth(src, report.topic, report.group), last_moved
                     progress(status)
-                if rate:
-                    _pace(started, status.moved - moved_before, rate)
         except BaseException:
             stop.set()
             raise
         finally:
             stop.set()
-            while reader.is_alive():  # unblock a reader waiting to hand over a batch
-                with contextlib.suppress(queue.Empty):
-                    leftover = batches.get(timeout=0.1)
-                    if leftover:
-                        sub.nack(leftover)
+            relay.close()
             reader.join()
+            leftover = [d for flight in flights for d in flight.chunk]
+            leftover += [d for event in _drain(events, block=False) if type(event) is _Chunk for d in event.deliveries]
+            if leftover:  # read and never acked: give them back now, not after the broker's timeout
+                with contextlib.suppress(BridgeqError):
+                    sub.nack(leftover)
     report.left_waiting = _quiet_depth(src, report.topic, report.group)
     if report.left_waiting:
         report.warnings.append(f"{report.left_waiting} message(s) still wait in the source: run again to move them")
@@ -248,55 +393,73 @@ def _move(
     manifest.save()
 
 
+def _record(manifest: Manifest, settled: list[_Flight]) -> None:
+    """File what was confirmed, with its fingerprints: one durable write for all."""
+    published = [f for f in settled if f.fresh]
+    if not published:
+        return
+    ids = [d.id for f in published for d in f.fresh]
+    if len(published) == 1:
+        digests, lines = published[0].digests, published[0].lines
+    else:
+        digests = [digest for f in published for digest in f.digests]
+        lines = "".join([f.lines for f in published])
+    manifest.add(ids, digests, lines, batches=len(settled))
+
+
+def _drain(events: queue.SimpleQueue[_Event], block: bool = True) -> list[_Event]:
+    """The next event (waiting for it unless ``block`` is false) and every one already there."""
+    taken: list[_Event] = [events.get()] if block else []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            taken.append(events.get_nowait())
+    return taken
+
+
 def _read(
     sub: Any,
-    batches: queue.Queue[list[Delivery] | None],
+    events: queue.SimpleQueue[_Event],
+    tally: _Tally,
     batch: int,
     idle_timeout: float,
     follow: bool,
     stop: threading.Event,
+    rate: float | None,
+    started: float,
     waiting: Callable[[], int | None],
 ) -> None:
-    """The reader thread: batches from the source into the queue, None when done.
+    """The reader thread: batches from the source into ``events``, then None.
 
-    Done means nothing came for ``idle_timeout`` and the source says nothing waits
-    (messages held by a crashed member come back once the broker notices), or
-    nothing came for STALL_TIMEOUT although the source says some wait.
+    The subscription's prefetch bounds what is read and not yet settled (the
+    in-flight window). Done means nothing came for ``idle_timeout``, nothing is
+    in flight, and the source says nothing waits (messages held by a crashed
+    member come back once the broker notices), or nothing came for STALL_TIMEOUT
+    although the source says some wait.
     """
     quiet_since = time.monotonic()
     try:
         while not stop.is_set():
-            chunk = sub.receive_batch(batch, timeout=0.5 if follow else idle_timeout)
+            in_flight = tally.read > tally.settled  # then poll: each fetch sends the acks made meanwhile
+            chunk = sub.receive_batch(batch, timeout=IN_FLIGHT_POLL if in_flight else 0.5 if follow else idle_timeout)
             if not chunk:
                 if follow:
+                    continue
+                if in_flight:  # the depth counts them: not the source's silence
+                    quiet_since = time.monotonic()
                     continue
                 left = waiting()
                 if not left or time.monotonic() - quiet_since > STALL_TIMEOUT:
                     break
                 continue
             quiet_since = time.monotonic()
-            while not stop.is_set():
-                with contextlib.suppress(queue.Full):
-                    batches.put(chunk, timeout=0.1)
-                    break
-            else:
-                sub.nack(chunk)
+            tally.read += len(chunk)
+            events.put(_Chunk(chunk))
+            if rate:
+                _pace(started, tally.read, rate, stop)
+    except BaseException as exc:
+        events.put(Failed(exc))
     finally:
-        with contextlib.suppress(queue.Full):
-            batches.put(None, timeout=5)
-
-
-def _publish_with_retry(dst: api.Broker, topic: str, deliveries: list[Delivery], stop: threading.Event) -> None:
-    """Publish, retrying transient faults with backoff; permanent ones raise at once."""
-    messages = [d.to_message() for d in deliveries]
-    for attempt in range(1, RETRIES + 1):
-        try:
-            dst.publish_batch(topic, messages)
-            return
-        except (ConnectionLost, PublishError):
-            if attempt == RETRIES or stop.is_set():
-                raise
-            time.sleep(min(0.2 * 2**attempt, 5.0))
+        events.put(None)
 
 
 def _quiet_depth(broker: api.Broker, topic: str, group: str) -> int | None:
@@ -306,10 +469,10 @@ def _quiet_depth(broker: api.Broker, topic: str, group: str) -> int | None:
         return None
 
 
-def _pace(started: float, done: int, rate: float) -> None:
+def _pace(started: float, done: int, rate: float, stop: threading.Event) -> None:
     ahead = started + done / rate - time.monotonic()
     if ahead > 0:
-        time.sleep(ahead)
+        stop.wait(ahead)
 
 
 def verify_destination(dst: api.Broker, topic: str, manifest: Manifest, idle_timeout: float) -> VerifyReport:

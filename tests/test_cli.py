@@ -97,3 +97,23 @@ def test_demo_runs_and_reports_figures():
     result = run("demo", "--messages", "2000", "--rate", "0", "--consume-rate", "0")
     assert result.exit_code == 0, result.output
     assert "done: 2,000 of 2,000 messages consumed" in result.stdout
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], None), (["--in-process"], False)])
+def test_migrate_in_process_flag_reaches_migrate(monkeypatch, flags, expected):
+    from bridgeq import migration
+
+    seen: dict[str, object] = {}
+    real = migration.migrate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(migration, "migrate", spy)
+    run("publish", "memory://mig-cli", "orders", stdin="one\ntwo\n")
+    result = run(
+        "migrate", "memory://mig-cli", "memory://mig-cli-to", "--topic", "orders", "--idle-timeout", "0.2", *flags
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["publisher_process"] is expected

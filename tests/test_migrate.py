@@ -1,4 +1,4 @@
-"""Migration: every ordered pair of brokers, resume after SIGKILL, verify, dry run."""
+"""Migration: every ordered pair of brokers, resume after SIGKILL, verify, dry run, the publisher process."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import time
 import pytest
 
 import bridgeq
-from bridgeq.migration import VERIFY_GROUP, migrate
+from bridgeq.migration import DEFAULT_GROUP, VERIFY_GROUP, migrate
 from bridgeq.testing.support import collect
+from bridgeq.testing.targets import with_options
 from tests.migrate_support import REAL, cleanup, fill, fresh_topic, url_of
 
 PAIRS = [(a, b) for a in REAL for b in REAL if a != b] + [("memory", b) for b in REAL]
@@ -150,3 +151,133 @@ def test_sigkill_mid_way_then_resume_loses_nothing(source, tmp_path):
     finally:
         cleanup(src_url, topic)
         cleanup(dst_url, to_topic)
+
+
+# -- the publisher process (bridgeq.relay) -----------------------------------------------
+
+
+def test_a_child_publishing_error_is_the_same_bridgeq_error(tmp_path):
+    """The destination refuses a message in the child: the caller gets MessageTooLarge, message intact."""
+    dst_url = with_options(url_of("redis"), max_message_size=1000)
+    topic = fresh_topic()
+    with bridgeq.connect("memory://too-big") as src:
+        src.declare(topic, DEFAULT_GROUP)
+        src.publish(topic, b"x" * 2000, id="big-one")
+    try:
+        with pytest.raises(bridgeq.MessageTooLarge, match=r"'big-one' is \d+ bytes; redis:// accepts at most 1000"):
+            migrate("memory://too-big", dst_url, topic, idle_timeout=0.3, checkpoint=str(tmp_path / "ck"))
+        with bridgeq.connect("memory://too-big") as src:
+            assert src.depth(topic, DEFAULT_GROUP) == 1, "not acked: it waits in the source"
+    finally:
+        cleanup(dst_url, topic)
+
+
+def test_the_cli_prints_a_child_error_as_one_line(tmp_path):
+    src_url = url_of("redis")
+    dst_url = with_options(url_of("redis"), max_message_size=1000)
+    topic, to_topic = fresh_topic(), fresh_topic()
+    try:
+        with bridgeq.connect(src_url) as src:
+            src.declare(topic, DEFAULT_GROUP)
+            src.publish(topic, b"x" * 2000)
+        command = [sys.executable, "-m", "bridgeq.cli", "migrate", src_url, dst_url, "--topic", topic]
+        command += ["--to-topic", to_topic, "--idle-timeout", "0.3", "--json"]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("bridgeq: error: message "), done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        cleanup(src_url, topic)
+        cleanup(dst_url, to_topic)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_publisher_process_dies_with_its_parent(tmp_path):
+    """SIGKILL the migrating CLI: its publisher process must not outlive it."""
+    src_url, dst_url = url_of("redis"), url_of("redis")
+    topic, to_topic = fresh_topic(), fresh_topic()
+    command = [sys.executable, "-m", "bridgeq.cli", "migrate", src_url, dst_url, "--topic", topic]
+    command += ["--to-topic", to_topic, "--follow", "--json"]
+    fill(src_url, topic, 10)
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while time.monotonic() < deadline and not children:
+            with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as listed:
+                children = [int(pid) for pid in listed.read().split()]
+            time.sleep(0.05)
+        assert children, "the CLI started no publisher process"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(pid) for pid in children):
+            time.sleep(0.05)
+        assert not any(_running(pid) for pid in children), "the publisher process outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        cleanup(src_url, topic)
+        cleanup(dst_url, to_topic)
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, reaped by init soon, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_without_a_usable_python_it_publishes_from_a_thread(tmp_path, monkeypatch):
+    dst_url = url_of("redis")
+    topic = fresh_topic()
+    fill("memory://no-child", topic, 300)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    try:
+        report = migrate("memory://no-child", dst_url, topic, idle_timeout=0.3, verify=True)
+        assert report.moved == 300 and report.verify is not None and report.verify.ok
+        assert any("publishing from this process" in warning for warning in report.warnings)
+        with pytest.raises(bridgeq.BridgeqError, match="publisher process"):
+            migrate("memory://no-child", dst_url, topic, idle_timeout=0.3, publisher_process=True)
+    finally:
+        cleanup(dst_url, topic)
+
+
+@pytest.mark.parametrize("source", ["memory", "redis"])
+def test_publishing_in_process_when_asked(source, tmp_path):
+    src_url = "memory://in-process" if source == "memory" else url_of("redis")
+    dst_url = url_of("rabbitmq")
+    topic, to_topic = fresh_topic(), fresh_topic()
+    try:
+        fill(src_url, topic, 2000)
+        report = migrate(src_url, dst_url, topic, to_topic=to_topic, verify=True, publisher_process=False)
+        assert report.moved == 2000 and report.verify is not None
+        assert (report.verify.missing, report.verify.altered, report.verify.extra) == (0, 0, 0)
+    finally:
+        cleanup(src_url, topic)
+        cleanup(dst_url, to_topic)
+
+
+def test_a_memory_destination_cannot_take_a_child_process():
+    with pytest.raises(bridgeq.ConfigError, match="memory://"):
+        migrate("memory://", "memory://", "t", publisher_process=True)
+
+
+def test_a_child_error_never_shows_the_password():
+    from bridgeq.relay import ProcessRelay
+
+    relay = ProcessRelay.__new__(ProcessRelay)
+    relay._secret = "s3cret-pw"
+    error = relay._error(("ConnectionLost", "cannot reach amqp://user:s3cret-pw@host: refused", ()))
+    assert isinstance(error, bridgeq.ConnectionLost)
+    assert "s3cret-pw" not in str(error) and "user:***@host" in str(error)
+    other = relay._error(("KeyError", "s3cret-pw", ()))
+    assert type(other) is bridgeq.BridgeqError and "s3cret-pw" not in str(other)
