@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from bridgeq import api
 from bridgeq.capabilities import Capabilities
+from bridgeq.handoff import CallThread
 from bridgeq.message import PENDING, Body, Delivery, Message, Settled
 from bridgeq.spi import Totals
 from bridgeq.subscription import Subscription
@@ -158,12 +159,11 @@ class AsyncBroker:
         """
 
         async def open_subscription() -> AsyncSubscription:
-            reader = await _started_executor(1, "bridgeq-aio-reader")
-            loop = asyncio.get_running_loop()
+            reader = CallThread()
             try:
-                sync = await loop.run_in_executor(reader, lambda: self.sync.subscribe(topic, group, **options))
+                sync = await reader.call(lambda: self.sync.subscribe(topic, group, **options))
             except BaseException:
-                reader.shutdown(wait=False)
+                reader.stop()
                 raise
             return AsyncSubscription(sync, reader, self._inline, self._pool)
 
@@ -200,7 +200,7 @@ class AsyncSubscription:
     def __init__(
         self,
         sync: Subscription,
-        reader: concurrent.futures.ThreadPoolExecutor,
+        reader: CallThread,
         inline: bool,
         pool: concurrent.futures.ThreadPoolExecutor,
     ) -> None:
@@ -225,6 +225,9 @@ class AsyncSubscription:
 
     async def receive_batch(self, max_messages: int, timeout: float | None = None) -> list[Delivery]:
         """Up to ``max_messages`` deliveries; waits at most ``timeout`` for the first."""
+        got = self.sync.take_buffered(max_messages)  # the common cases first, without another coroutine
+        if got or self.sync.closed:
+            return got
         return await self._fetch(max_messages, timeout)
 
     async def _fetch(self, max_messages: int, timeout: float | None) -> list[Delivery]:
@@ -235,18 +238,8 @@ class AsyncSubscription:
             got = self.sync.receive_batch(max_messages, timeout=0)
             if got or timeout == 0:
                 return got
-        work: concurrent.futures.Future[list[Delivery]] = concurrent.futures.Future()
-        self._reader.submit(self.sync.receive_into, max_messages, timeout, work)
-        try:
-            return await asyncio.wrap_future(work)
-        except asyncio.CancelledError:
-            work.add_done_callback(self._give_back)
-            raise
-
-    def _give_back(self, work: concurrent.futures.Future[list[Delivery]]) -> None:
-        """A fetch finished after its task was cancelled: its deliveries go back in line."""
-        if not work.cancelled() and work.exception() is None and work.result():
-            self.sync.unreceive(work.result())
+        # cancelled while the fetch runs: what it brings goes back to the head of the line
+        return await self._reader.call(self.sync.receive_batch, max_messages, timeout, orphan=self.sync.unreceive)
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
@@ -327,13 +320,13 @@ class AsyncSubscription:
         return handled
 
     async def flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._reader, self.sync.flush)
+        await self._reader.call(self.sync.flush)
 
     async def close(self) -> None:
         """Leave the group: deliveries not acked become deliverable again. Idempotent."""
         self.sync.flush_soon = None
         await asyncio.get_running_loop().run_in_executor(self._pool, self.sync.close)
-        self._reader.shutdown(wait=False)
+        self._reader.stop()
 
     async def __aenter__(self) -> AsyncSubscription:
         return self

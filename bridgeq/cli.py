@@ -295,7 +295,7 @@ def stats(url: str, topic: str, group: str, interval: float) -> None:
 
 @main.command()
 @click.argument("url")
-@click.option("--messages", default=10_000, show_default=True)
+@click.option("--messages", default=50_000, show_default=True, help="messages per run (long enough to time)")
 @click.option("--size", default=100, show_default=True, help="body size in bytes")
 @click.option("--batch", default=100, show_default=True, help="publish and receive batch size")
 @click.option("--json", "as_json", is_flag=True)

@@ -12,7 +12,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from bridgeq import wire
@@ -97,44 +96,6 @@ class Subscription:
             return batch
         return [buffer.popleft() for _ in range(max_messages)]
 
-    def receive_into(self, max_messages: int, timeout: float | None, into: Future[list[Delivery]]) -> None:
-        """:meth:`receive_batch` into a future, then send the acks that were waiting
-        and read ahead what is already there.
-
-        For the asyncio API's reader thread: the acks' round trip and the next
-        fetch overlap the caller's work on the batch instead of delaying it.
-        Requeues and dead letters still go first, so a requeued message can come
-        back in this batch. Reading ahead never waits and never exceeds prefetch.
-        """
-        if not into.set_running_or_notify_cancel():
-            return
-        try:
-            if max_messages < 1:
-                raise ValueError("max_messages must be at least 1")
-            if not self._buffer:
-                self._fill(max_messages, timeout, acks_later=True)
-            into.set_result(self.take_buffered(max_messages))
-        except BaseException as exc:
-            into.set_exception(exc)
-            return
-        if self._acks:
-            self.flush_if_idle()
-        self._read_ahead(max_messages)
-
-    def _read_ahead(self, want: int) -> None:
-        """Buffer up to ``want`` deliveries already waiting, if prefetch leaves room for all."""
-        if self._closed or self._buffer or self.prefetch - self._outstanding < want:
-            return
-        if not self._io.acquire(blocking=False):
-            return
-        try:
-            if not self._closed:
-                self._take(self._consumer.fetch(want, 0.0))
-        except BridgeqError as exc:  # the next receive meets it again, and rides it out
-            log.debug("reading ahead on %s/%s failed: %r", self.topic, self.group, exc)
-        finally:
-            self._io.release()
-
     def take_buffered(self, max_messages: int) -> list[Delivery]:
         """Deliveries already fetched, without waiting or touching the broker."""
         buffer = self._buffer
@@ -190,7 +151,7 @@ class Subscription:
                 handled += 1
         return handled
 
-    def _fill(self, want: int, timeout: float | None, acks_later: bool = False) -> None:
+    def _fill(self, want: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while not self._closed:
             remaining = FETCH_SLICE if deadline is None else deadline - time.monotonic()
@@ -200,8 +161,7 @@ class Subscription:
                 if self._closed:
                     return
                 try:
-                    if not acks_later or self._pending:
-                        self.flush()
+                    self.flush()
                     room = self.prefetch - self._outstanding
                     if room > 0:
                         wait = min(FETCH_SLICE, max(remaining, 0.0))
