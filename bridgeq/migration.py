@@ -19,7 +19,7 @@ import queue
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,14 +27,14 @@ from typing import Any, NamedTuple, TypeAlias
 
 from bridgeq import api
 from bridgeq.errors import BridgeqError, ConfigError
-from bridgeq.manifest import Manifest, fingerprint_lines, fingerprint_of
+from bridgeq.manifest import Manifest, fingerprint_lines
 from bridgeq.message import Delivery
 from bridgeq.names import check_name
 from bridgeq.relay import Failed, ProcessRelay, Published, Relay, RelayStartError, ThreadRelay
 from bridgeq.url import resolve
+from bridgeq.verify import VERIFY_GROUP, VerifyReport, verify_destination
 
 DEFAULT_GROUP = "bridgeq-migrate"
-VERIFY_GROUP = "bridgeq-verify"
 WINDOW = 4
 """The in-flight window, in batches: at most ``WINDOW * batch`` messages are handed to the relay and not yet
 recorded, the only ones a crash can duplicate (read and not yet handed over, they are delivered again once)."""
@@ -69,22 +69,6 @@ class MigrationStatus:
         if self.waiting is None or self.rate <= 0:
             return None
         return self.waiting / self.rate
-
-
-@dataclass
-class VerifyReport:
-    """The destination compared with the manifest."""
-
-    expected: int
-    received: int
-    missing: int
-    extra: int
-    duplicated: int
-    altered: int
-
-    @property
-    def ok(self) -> bool:
-        return self.missing == 0 and self.altered == 0
 
 
 @dataclass
@@ -473,39 +457,6 @@ def _pace(started: float, done: int, rate: float, stop: threading.Event) -> None
     ahead = started + done / rate - time.monotonic()
     if ahead > 0:
         stop.wait(ahead)
-
-
-def verify_destination(dst: api.Broker, topic: str, manifest: Manifest, idle_timeout: float) -> VerifyReport:
-    """Read ``topic`` as the verification group and compare with the manifest."""
-    expected = manifest.entries
-    counts: Counter[str] = Counter()
-    altered = 0
-    with dst.subscribe(topic, VERIFY_GROUP, prefetch=1000, max_deliveries=None) as sub:
-        deadline_idle = idle_timeout
-        while True:
-            chunk = sub.receive_batch(1000, timeout=deadline_idle)
-            if not chunk:
-                if set(counts) >= set(expected):
-                    break
-                if deadline_idle >= idle_timeout * 4:
-                    break
-                deadline_idle *= 2  # still missing some: give the broker a little longer
-                continue
-            for delivery in chunk:
-                counts[delivery.id] += 1
-                known = expected.get(delivery.id)
-                if known is not None and counts[delivery.id] == 1 and fingerprint_of(delivery) != known:
-                    altered += 1
-            sub.ack(chunk)
-    received = sum(counts.values())
-    return VerifyReport(
-        expected=len(expected),
-        received=received,
-        missing=sum(1 for message_id in expected if message_id not in counts),
-        extra=sum(1 for message_id in counts if message_id not in expected),
-        duplicated=sum(n - 1 for n in counts.values() if n > 1),
-        altered=altered,
-    )
 
 
 @contextmanager
