@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
-import socket
-import ssl
 import threading
 import time
 import weakref
@@ -26,13 +23,13 @@ from kafka.structs import OffsetAndMetadata
 from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
+from bridgeq_kafka.config import client_config, raise_if_certificate_refused
 from bridgeq_kafka.consumer import KafkaMember
 from bridgeq_kafka.errors import ERRORS, REBALANCING
 from bridgeq_kafka.ledger import acked_count
 from bridgeq_kafka.options import KafkaOptions
 
 T = TypeVar("T")
-DEFAULT_PORT = 9092
 ASSIGNORS = {
     "range": RangePartitionAssignor,
     "roundrobin": RoundRobinPartitionAssignor,
@@ -48,7 +45,7 @@ class KafkaBackend(Backend):
     def __init__(self, url: BrokerURL, options: object) -> None:
         assert isinstance(options, KafkaOptions)
         self._options = options
-        self._common = _client_config(url, options)  # holds the password: never logged or shown
+        self._common = client_config(url, options)  # holds the password: never logged or shown
         self._frame = max(1 << 20, options.max_message_size + (64 << 10))
         self.capabilities = Capabilities(
             consumer_groups=True,
@@ -89,7 +86,7 @@ class KafkaBackend(Backend):
             yield
         except ConnectionLost:
             if "SSL" in self._common["security_protocol"]:
-                _raise_if_certificate_refused(self._common)
+                raise_if_certificate_refused(self._common)
             raise
 
     def _get_producer(self) -> KafkaProducer:
@@ -376,98 +373,3 @@ def _let_go(futures: list[Any], start: int) -> int:
         futures[start] = None
         start += 1
     return start
-
-
-def _raise_if_certificate_refused(config: dict[str, Any]) -> None:
-    """One TLS handshake with the first bootstrap server, as the client makes it; ConfigError if refused."""
-    host, _, port = config["bootstrap_servers"][0].rpartition(":")
-    context = ssl.create_default_context(cafile=config["ssl_cafile"])
-    context.check_hostname = bool(config["ssl_check_hostname"])
-    if config["ssl_certfile"]:
-        context.load_cert_chain(config["ssl_certfile"], config["ssl_keyfile"])
-    try:
-        with (
-            socket.create_connection((host.strip("[]"), int(port)), timeout=5) as raw,
-            context.wrap_socket(raw, server_hostname=host.strip("[]")),
-        ):
-            return
-    except ssl.SSLCertVerificationError as exc:
-        raise ConfigError(f"TLS: the certificate of {host}:{port} is not trusted: {exc.verify_message}") from None
-    except OSError:
-        return  # not a certificate problem: the original ConnectionLost stands
-
-
-def _client_config(url: BrokerURL, options: KafkaOptions) -> dict[str, Any]:
-    """Settings every client shares: brokers, timeouts and security (with the password)."""
-    if not url.hosts:
-        raise ConfigError("kafka:// URLs need at least one host[:port], e.g. kafka://localhost:9092")
-    if url.path:
-        raise ConfigError("kafka:// URLs take no path; topics are named in calls")
-    servers = [
-        f"[{h.name}]:{h.port or DEFAULT_PORT}" if ":" in h.name else f"{h.name}:{h.port or DEFAULT_PORT}"
-        for h in url.hosts
-    ]
-    has_credentials = url.username is not None or url.password is not None
-    protocol = options.security_protocol or ("SASL_SSL" if has_credentials else "PLAINTEXT")
-    if protocol.startswith("SASL_") != has_credentials:
-        raise ConfigError(
-            f"security_protocol {protocol} needs user:password in the URL"
-            if not has_credentials
-            else f"credentials in the URL need security_protocol SASL_SSL or SASL_PLAINTEXT, not {protocol}"
-        )
-    config: dict[str, Any] = {
-        "bootstrap_servers": servers,
-        "client_id": options.client_id,
-        "request_timeout_ms": options.timeout_ms,
-        "retry_backoff_ms": options.retry_backoff_ms,
-        "bootstrap_timeout_ms": options.timeout_ms,
-        "security_protocol": protocol,
-        "ssl_check_hostname": options.ssl_check_hostname,
-        "ssl_cafile": options.ssl_cafile,
-        "ssl_certfile": options.ssl_certfile,
-        "ssl_keyfile": options.ssl_keyfile,
-    }
-    if has_credentials:
-        config["sasl_mechanism"] = options.sasl_mechanism or "PLAIN"
-        config["sasl_plain_username"] = url.username or ""
-        config["sasl_plain_password"] = Secret(url.password or "")
-        if url.password:
-            _redact.add(url.password)
-    return config
-
-
-class _Redactor(logging.Filter):
-    """kafka-python logs its requests at DEBUG, SASL/PLAIN's ``auth_bytes`` (the password) included."""
-
-    LOGGERS = ("kafka.protocol.parser", "kafka.net.connection", "kafka.net.transport", "kafka.conn")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def add(self, password: str) -> None:
-        if not self.secrets:
-            for name in self.LOGGERS:
-                logging.getLogger(name).addFilter(self)
-        self.secrets.update({password, repr(password.encode())[2:-1]})
-
-    def filter(self, record: logging.LogRecord) -> bool:  # runs only for records a logger emits
-        text = record.getMessage()
-        if any(secret in text for secret in self.secrets):
-            for secret in self.secrets:
-                text = text.replace(secret, "***")
-            record.msg, record.args = text, None
-        return True
-
-
-_redact = _Redactor()
-
-
-class Secret(str):
-    """The password as kafka-python needs it (a str), shown as ``***``: its clients log their settings."""
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    def __str__(self) -> str:
-        return "***"
