@@ -24,7 +24,6 @@ import concurrent.futures
 import inspect
 import logging
 import threading
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -208,7 +207,6 @@ class AsyncSubscription:
         self._reader = reader
         self._pool = pool  # the broker's: close() runs there while the reader may be mid-fetch
         self._inline = inline
-        self._ready: deque[Delivery] = deque()
         if not inline:  # sending acks waits on the network: never on the loop. They go with
             sync.flush_soon = _later  # the next fetch (one thread hop for both), or the linger thread.
 
@@ -225,9 +223,6 @@ class AsyncSubscription:
 
     async def receive_batch(self, max_messages: int, timeout: float | None = None) -> list[Delivery]:
         """Up to ``max_messages`` deliveries; waits at most ``timeout`` for the first."""
-        got = self.sync.take_buffered(max_messages)  # the common cases first, without another coroutine
-        if got or self.sync.closed:
-            return got
         return await self._fetch(max_messages, timeout)
 
     async def _fetch(self, max_messages: int, timeout: float | None) -> list[Delivery]:

@@ -68,10 +68,7 @@ class Broker:
         id: str | None = None,  # noqa: A002 - the public name of the field
     ) -> str:
         """Publish one message; returns its id once the broker has accepted it."""
-        message = Message(body, headers, key, id)
-        self.backend.publish(topic, self.checked(topic, [message]))
-        self.meter.count_published(topic, 1)
-        return message.id
+        return self.publish_batch(topic, [Message(body, headers, key, id)])[0]
 
     def publish_batch(self, topic: str, messages: Iterable[Message | Body]) -> list[str]:
         """Publish many messages in order; returns their ids once the broker accepted all.

@@ -15,7 +15,8 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -91,34 +92,35 @@ def test_broker_calls_end_within_their_timeout_in_a_black_hole(through_proxy, ca
     assert outcome != "returned" or call == "depth", f"{call} cannot have been confirmed in a black hole"
 
 
-def test_receive_returns_on_time_in_a_black_hole(through_proxy):
+@contextlib.contextmanager
+def _subscribed_in_a_black_hole(through_proxy: tuple[Any, str]) -> Iterator[bridgeq.Subscription]:
+    """A ready subscription whose broker then falls into a black hole; healed and closed afterwards."""
     proxy, url = through_proxy
     with bridgeq.connect(url) as broker:
         sub = _ready(broker, f"bq-hang-{uuid.uuid4().hex[:8]}")
         proxy.blackhole(30)
         try:
-            took, outcome = _timed(lambda: sub.receive(timeout=1.0))
+            yield sub
         finally:
             proxy.heal()
             sub.close()
+
+
+def test_receive_returns_on_time_in_a_black_hole(through_proxy):
+    with _subscribed_in_a_black_hole(through_proxy) as sub:
+        took, outcome = _timed(lambda: sub.receive(timeout=1.0))
     assert took < 1.0 + BOUND, f"receive(timeout=1) took {took:.1f} s in a black hole ({outcome})"
 
 
 def test_close_ends_a_blocked_receive_promptly_in_a_black_hole(through_proxy):
-    proxy, url = through_proxy
-    with bridgeq.connect(url) as broker:
-        sub = _ready(broker, f"bq-hang-{uuid.uuid4().hex[:8]}")
-        proxy.blackhole(30)
-        try:
-            reader = threading.Thread(target=sub.receive)
-            reader.start()
-            time.sleep(0.5)
-            took, outcome = _timed(sub.close)
-            reader.join(BOUND)
-            ended = not reader.is_alive()
-        finally:
-            proxy.heal()
-        reader.join(60)
+    with _subscribed_in_a_black_hole(through_proxy) as sub:
+        reader = threading.Thread(target=sub.receive)
+        reader.start()
+        time.sleep(0.5)
+        took, outcome = _timed(sub.close)
+        reader.join(BOUND)
+        ended = not reader.is_alive()
+    reader.join(60)
     assert took < BOUND, f"close() took {took:.1f} s in a black hole ({outcome})"
     assert ended, "close() must end the blocked receive()"
 
