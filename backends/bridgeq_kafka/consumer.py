@@ -20,6 +20,7 @@ from bridgeq.spi import BackendConsumer, Delivery, translate_errors
 from bridgeq.wire import ID_HEADER
 from bridgeq_kafka.errors import ERRORS, REBALANCING
 from bridgeq_kafka.ledger import Ledger
+from bridgeq_kafka.records import LeanRecord, install, lean
 
 log = logging.getLogger("bridgeq.kafka")
 
@@ -28,7 +29,7 @@ Token = tuple[int, int]
 Two ints, so the garbage collector stops tracking it at its first pass; acks group by the slot."""
 
 _TOKEN = attrgetter("token")
-_OFFSET = attrgetter("offset")
+_OFFSET = itemgetter(0)
 _SLOT = itemgetter(0)
 
 
@@ -70,6 +71,7 @@ class KafkaMember(BackendConsumer):
         self._closed = threading.Event()
         with translate_errors(ERRORS, f"joining group {group!r} on {topic!r}"):
             self._consumer = KafkaConsumer(**config)
+            self._lean = install(self._consumer)  # records come as (offset, key, value, headers) tuples
             try:
                 self._consumer.subscribe([kafka_topic], listener=_Listener(self))
                 # Join knowing the topic's partitions: a first join without them assigns nothing and rejoins
@@ -130,6 +132,8 @@ class KafkaMember(BackendConsumer):
                     self._polled = time.monotonic()
                 for tp, records in polled.items():
                     if records:
+                        if not self._lean:
+                            records = list(map(lean, records))
                         ledger = self._ledgers.get(tp) or self._open(tp)
                         self._deliveries(tp, ledger, records, ledger.deliver_all(list(map(_OFFSET, records))), out)
             return out
@@ -168,7 +172,12 @@ class KafkaMember(BackendConsumer):
         return ledger
 
     def _deliveries(
-        self, tp: TopicPartition, ledger: Ledger, records: list[Any], attempts: list[int] | None, out: list[Delivery]
+        self,
+        tp: TopicPartition,
+        ledger: Ledger,
+        records: list[LeanRecord],
+        attempts: list[int] | None,
+        out: list[Delivery],
     ) -> None:
         """Append the deliveries of one partition's records to ``out``; an attempt of 0 skips the record,
         ``attempts`` None means all are first attempts. The hot path: one loop, no call per record, and
@@ -179,13 +188,13 @@ class KafkaMember(BackendConsumer):
         take = records.pop
         next_attempt = None if attempts is None else attempts[::-1].pop
         while records:
-            record = take()
+            offset, key, body, record_headers = take()
             attempt = 1 if next_attempt is None else next_attempt()
             if not attempt:
                 continue
             message_id = ""
             headers: dict[str, str] | None = None  # bridgeq's own records mostly have none beyond the id
-            for name, value in record.headers:
+            for name, value in record_headers:
                 text = "" if value is None else value.decode("utf-8", "replace")
                 if name == ID_HEADER:
                     message_id = text
@@ -193,7 +202,6 @@ class KafkaMember(BackendConsumer):
                     headers = {name: text}
                 else:
                     headers[name] = text
-            offset, key, body = record.offset, record.key, record.value
             if not (0 < len(message_id) <= MAX_ID_LENGTH and message_id.isprintable()):
                 message_id = f"{tp.topic}-{tp.partition}-{offset}"  # a foreign record: its position
             append(
