@@ -63,6 +63,7 @@ class KafkaBackend(Backend):
         self._producer: KafkaProducer | None = None
         self._admin: KafkaAdminClient | None = None
         self._known: set[str] = set()  # topics this backend made sure exist
+        self._partitioner = RunPartitioner()
         self._members: weakref.WeakSet[KafkaMember] = weakref.WeakSet()
         self._starts: dict[tuple[str, str], dict[TopicPartition, int]] = {}  # see _ensure_group
         self._api_version: tuple[int, ...] | None = None  # learnt from the first client: later ones skip a probe
@@ -97,7 +98,7 @@ class KafkaBackend(Backend):
                 with self._explained_bootstrap(), translate_errors(ERRORS, "connecting to Kafka"):
                     try:
                         self._producer = KafkaProducer(
-                            **self._common, **self.producer_settings(), partitioner=RunPartitioner()
+                            **self._common, **self.producer_settings(), partitioner=self._partitioner
                         )
                         self._api_version = self._api_version or self._producer.config["api_version"]
                     except (ValueError, RuntimeError) as exc:  # e.g. a codec whose library is missing
@@ -225,14 +226,25 @@ class KafkaBackend(Backend):
         futures: list[Any] = []  # one per record sent; None once confirmed and let go (see _let_go)
         unsent: BridgeqError | None = None
         send, sent, confirmed = producer.send, futures.append, 0
+        runs, run = self._partitioner, RunPartitioner.RUN
         try:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
+                ordered = sorted(producer.partitions_for(name))  # waits for the topic's metadata if new
+                cluster = producer._metadata  # kafka-python's view of the cluster (pinned minor version)
+                partition, left = 0, 0
                 for message in messages:
                     headers = [(ID_HEADER, message.id.encode())]
                     if message.headers:
                         headers.extend((k, v.encode()) for k, v in message.headers.items())
                     key = message.key
-                    sent(send(name, message.body, None if key is None else key.encode(), headers))
+                    if key is None:
+                        if not left:
+                            partition, left = runs.next_run(name, cluster), run
+                        left -= 1
+                        sent(send(name, message.body, None, headers, partition))
+                    else:
+                        serialized = key.encode()
+                        sent(send(name, message.body, serialized, headers, runs.keyed(serialized, ordered)))
                     if not len(futures) % LET_GO_EVERY:
                         confirmed = _let_go(futures, confirmed)
         except BridgeqError as exc:
@@ -331,26 +343,39 @@ class KafkaBackend(Backend):
 class RunPartitioner(Partitioner):
     """A keyed record goes where Kafka's default (Java's too) puts it: murmur2 of the key. Keyless
     records go in runs of ``RUN`` to one partition with a leader, then the next: full batches, and
-    no per-record choice (kafka-python's default picks at random for every record)."""
+    no per-record choice (kafka-python's default picks at random for every record).
+
+    ``publish`` chooses itself, with ``next_run`` and ``keyed``, and names the partition in each
+    send; kafka-python calls ``partition`` only for records sent without one."""
 
     RUN = 256
 
     def __init__(self) -> None:
-        self._count = itertools.count()
-        self._current: dict[str, tuple[int, int]] = {}  # topic -> (run, partition)
+        self._runs = itertools.count()
+        self._calls = itertools.count()
+        self._current: dict[str, int] = {}  # topic -> partition of its current run
+
+    def next_run(self, topic: str, cluster: Any) -> int:
+        """The partition for the next ``RUN`` keyless records of ``topic``."""
+        ordered = sorted(cluster.available_partitions_for_topic(topic) or cluster.partitions_for_topic(topic))
+        chosen = self._current[topic] = ordered[next(self._runs) % len(ordered)]
+        return chosen
+
+    @staticmethod
+    def keyed(serialized_key: bytes, ordered: Sequence[int]) -> int:
+        """The partition of a keyed record, among the topic's partitions in order."""
+        return ordered[(murmur2(serialized_key) & 0x7FFFFFFF) % len(ordered)]
 
     def partition(
         self, topic: str, key: Any, serialized_key: bytes | None, value: Any, serialized_value: Any, cluster: Any
     ) -> int:
         if serialized_key is not None:
-            ordered = sorted(cluster.partitions_for_topic(topic))
-            return ordered[(murmur2(serialized_key) & 0x7FFFFFFF) % len(ordered)]
-        run = next(self._count) // self.RUN
+            return self.keyed(serialized_key, sorted(cluster.partitions_for_topic(topic)))
+        starts_run = not next(self._calls) % self.RUN
         current = self._current.get(topic)
-        if current is None or current[0] != run:
-            ordered = sorted(cluster.available_partitions_for_topic(topic) or cluster.partitions_for_topic(topic))
-            current = self._current[topic] = (run, ordered[run % len(ordered)])
-        return current[1]
+        if current is None or starts_run:
+            current = self.next_run(topic, cluster)
+        return current
 
 
 LET_GO_EVERY = 1024

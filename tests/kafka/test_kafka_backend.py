@@ -8,10 +8,12 @@ import uuid
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 
 import bridgeq
 from bridgeq.testing.support import collect, quiet
 from bridgeq.testing.targets import with_options
+from bridgeq_kafka.backend import RunPartitioner
 from bridgeq_kafka.ledger import decode
 
 
@@ -201,3 +203,24 @@ def test_publish_batch_is_confirmed_and_readable(broker, topic, count) -> None:
     assert broker.depth(topic, "g") == count
     with broker.subscribe(topic, "g", prefetch=500) as sub:
         assert sorted(d.id for d in collect(sub, count)) == sorted(ids)
+
+
+def test_published_records_land_on_kafkas_key_partition_and_keyless_ones_in_runs(broker, topic, settings) -> None:
+    """publish names each record's partition itself: keys where Kafka's default partitioner puts them."""
+    broker.declare(topic, "g")  # 3 partitions by default
+    keyed = broker.publish_batch(topic, [bridgeq.Message(f"k{i}".encode(), key=f"customer-{i}") for i in range(60)])
+    keyless = broker.publish_batch(topic, [b"x"] * (RunPartitioner.RUN * 3))
+    consumer = KafkaConsumer(topic, **settings, auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    try:
+        records = {dict(r.headers)["ce_id"].decode(): r for r in consumer}
+    finally:
+        consumer.close()
+    assert len(records) == len(keyed) + len(keyless)
+    partitions = {0, 1, 2}
+    for mid in keyed:
+        record = records[mid]
+        assert record.partition == (murmur2(record.key) & 0x7FFFFFFF) % 3, record.key  # Java's default
+    runs = [records[mid].partition for mid in keyless]
+    chunks = [runs[i : i + RunPartitioner.RUN] for i in range(0, len(runs), RunPartitioner.RUN)]
+    assert [len(set(chunk)) for chunk in chunks] == [1, 1, 1]
+    assert {chunk[0] for chunk in chunks} == partitions
