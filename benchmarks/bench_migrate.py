@@ -74,6 +74,7 @@ def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
                 checkpoint=f"{folder}/ck",
                 idle_timeout=1.0,
                 publisher_process=False if args.in_process else None,
+                source_process=False if args.in_process else None,
             )
         assert report.moved == args.messages, report
     finally:

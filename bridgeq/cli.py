@@ -420,6 +420,7 @@ def migrate(
             progress=show,
             stop=stop,
             publisher_process=False if in_process else None,
+            source_process=False if in_process else None,
         )
     if as_json:
         click.echo(json.dumps(_report_dict(report), indent=2))

@@ -1,8 +1,9 @@
 """Move or mirror a topic from one broker to another, with nothing lost.
 
-The source is read as a group by a reader thread; each batch goes to a relay
-(:mod:`bridgeq.relay`) that publishes it to the destination, by default from a
-child process so that consuming and publishing do not share one GIL. Once the
+The source is read as a group (:mod:`bridgeq.source`); each batch goes to a
+relay (:mod:`bridgeq.relay`) that publishes it to the destination. By default
+each side runs in a child process of its own, so that reading, publishing and
+the bookkeeping here do not share one GIL. Once the
 destination confirmed a batch it is recorded in the manifest (fsynced) and only
 then acked on the source: at-least-once. A few batches are in flight at once
 (``WINDOW``); after a crash the same call resumes: what the manifest already
@@ -23,14 +24,16 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, TypeAlias
 
 from bridgeq import api
-from bridgeq.errors import BridgeqError, ConfigError
+from bridgeq.child import ChildStartError
+from bridgeq.errors import ConfigError
 from bridgeq.manifest import Manifest, fingerprint_lines
 from bridgeq.message import Delivery
 from bridgeq.names import check_name
-from bridgeq.relay import Failed, ProcessRelay, Published, Relay, RelayStartError, ThreadRelay
+from bridgeq.relay import Failed, ProcessRelay, Published, Relay, ThreadRelay
+from bridgeq.source import Chunk, ProcessSource, Reading, Source, ThreadSource, quiet_depth
 from bridgeq.url import resolve
 from bridgeq.verify import VERIFY_GROUP, VerifyReport, verify_destination
 
@@ -43,13 +46,8 @@ READ_AHEAD = 8
 counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel."""
 RELAY_AHEAD = 2
 """With more batches than this unconfirmed, the relay is the slower side: fingerprints are computed here."""
-IN_FLIGHT_POLL = 0.01
-"""How long the reader waits for the source while batches are in flight: the acks made meanwhile go out
-with its next fetch, so a broker that stops at the prefetch limit (RabbitMQ) resumes promptly."""
 DEPTH_EVERY = 0.5
 """Seconds between the source depth queries behind progress reports."""
-STALL_TIMEOUT = 120.0
-"""How long a migration waits for messages the source says are waiting but does not deliver."""
 
 Progress = Callable[["MigrationStatus"], None]
 
@@ -84,7 +82,8 @@ class MigrationReport:
     moved_this_run: int = 0
     skipped_duplicates: int = 0
     seconds: float = 0.0
-    """From the start to the last batch moved (the idle wait at the end is not counted)."""
+    """From the first message read to the last batch moved: joining the source and the idle wait
+    at the end are not counted, so ``rate`` is the pace while moving."""
     resumed: bool = False
     in_flight_window: int = 0
     dry_run: bool = False
@@ -123,6 +122,7 @@ def migrate(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     publisher_process: bool | None = None,
+    source_process: bool | None = None,
 ) -> MigrationReport:
     """Move ``topic`` from ``source`` to ``destination`` (as ``to_topic``); see the module doc.
 
@@ -139,6 +139,8 @@ def migrate(
     cannot be reached from another process, and falls back to a thread, with a
     warning, where no child Python can be started. The child's errors are raised
     here as the same bridgeq errors; it ends with this call, or with this process.
+    ``source_process`` does the same for reading the source (``memory://`` is read
+    from a thread).
     """
     to_topic = to_topic or topic
     group = group or DEFAULT_GROUP
@@ -149,6 +151,8 @@ def migrate(
     target = resolve(destination)
     if publisher_process and target.scheme == "memory":
         raise ConfigError("memory:// lives inside one process: it cannot be published to from a child process")
+    if source_process and resolve(source).scheme == "memory":
+        raise ConfigError("memory:// lives inside one process: it cannot be read from a child process")
     report = MigrationReport(str(resolve(source)), str(target), topic, to_topic, group, dry_run=dry_run)
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(api.connect(source))
@@ -175,7 +179,10 @@ def migrate(
         manifest = Manifest(checkpoint, identity | {"group": group})
         try:
             report.resumed = manifest.resumed
-            _move(src, relay, events, manifest, report, batch, idle_timeout, follow, rate, progress, stop)
+            stop = stop or threading.Event()
+            reading = Reading(topic, group, batch, READ_AHEAD * batch, idle_timeout, follow, rate)
+            reader = _reader(src, source, reading, events, stop, source_process, report)
+            _move(src, reader, relay, events, manifest, report, batch, progress, stop)
         finally:
             manifest.close()
         report.moved = len(manifest.entries)
@@ -190,11 +197,36 @@ def _spawn(
     """The publisher process, starting; None (with a warning) where it cannot start and a thread will do."""
     try:
         return ProcessRelay(url, topic, events)
-    except RelayStartError as exc:
+    except ChildStartError as exc:
         if not fallback:
             raise
         report.warnings.append(f"publishing from this process: {exc}")
         return None
+
+
+def _reader(
+    src: api.Broker,
+    url: str,
+    reading: Reading,
+    events: queue.SimpleQueue[_Event],
+    stop: threading.Event,
+    process: bool | None,
+    report: MigrationReport,
+) -> Source:
+    """The source's reader: a child process unless asked otherwise (or memory://), else a thread; a child
+    that cannot start falls back to a thread, with a warning, unless the child was asked for."""
+    if process is not False and src.url.scheme != "memory":
+        try:
+            child = ProcessSource(
+                url if isinstance(url, str) else src.url.render(hide_password=False), reading, events, stop
+            )
+            child.start()
+            return child
+        except ChildStartError as exc:
+            if process:
+                raise
+            report.warnings.append(f"reading in this process: {exc}")
+    return ThreadSource(src, reading, events, stop)
 
 
 def _started(
@@ -210,7 +242,7 @@ def _started(
         try:
             child.start()
             return child
-        except RelayStartError as exc:
+        except ChildStartError as exc:
             if not fallback:
                 raise
             report.warnings.append(f"publishing from this process: {exc}")
@@ -236,13 +268,7 @@ def _warnings(src: api.Broker, dst: api.Broker, verify: bool) -> list[str]:
     return said
 
 
-class _Chunk(NamedTuple):
-    """The reader thread read a batch."""
-
-    deliveries: list[Delivery]
-
-
-_Event: TypeAlias = "_Chunk | Published | Failed | None"
+_Event: TypeAlias = "Chunk | Published | Failed | None"
 """What the main thread waits for: a batch read, one confirmed or failed, or None: the reader is done."""
 
 
@@ -258,121 +284,95 @@ class _Flight:
     lines: str = ""
 
 
-@dataclass
-class _Tally:
-    """Messages read (written by the reader thread only) and settled (by the main thread only)."""
-
-    read: int = 0
-    settled: int = 0
-
-
 def _move(
     src: api.Broker,
+    source: Source,
     relay: Relay,
     events: queue.SimpleQueue[_Event],
     manifest: Manifest,
     report: MigrationReport,
     batch: int,
-    idle_timeout: float,
-    follow: bool,
-    rate: float | None,
     progress: Progress | None,
-    stop: threading.Event | None,
+    stop: threading.Event,
 ) -> None:
-    """Read, relay, and settle in order: record what was confirmed (one fsync), then ack it on the source."""
-    stop = stop or threading.Event()
+    """Relay what is read, and settle in order: record what was confirmed (one fsync), then ack it on the source."""
     status = MigrationStatus(moved=len(manifest.entries))
     moved_before = status.moved
     window = WINDOW * batch
-    tally = _Tally()
-    with src.subscribe(report.topic, report.group, prefetch=READ_AHEAD * batch, max_deliveries=None) as sub:
-        report.in_flight_window = manifest.progress.in_flight_window = window
-        started = last_moved = depth_at = time.monotonic()
-        reader = threading.Thread(
-            target=_read,
-            args=(sub, events, tally, batch, idle_timeout, follow, stop, rate, started),
-            kwargs={"waiting": lambda: _quiet_depth(src, report.topic, report.group)},
-            name="bridgeq-migrate-reader",
-            daemon=True,
-        )
-        reader.start()
-        flights: deque[_Flight] = deque()  # read and not yet acked, in order
-        held: deque[_Flight] = deque()  # of those, the ones waiting for room in the window
-        unconfirmed: dict[int, _Flight] = {}
-        sequence = itertools.count()
-        relayed = 0  # messages handed to the relay and not yet recorded: at most the window
-        reading = True
-        failure: BaseException | None = None
-        try:
-            while reading or flights:
-                for event in _drain(events):
-                    if type(event) is _Chunk:
-                        chunk = event.deliveries
-                        fresh = manifest.unseen(chunk)
-                        flight = _Flight(chunk, fresh, not fresh)
-                        flights.append(flight)
-                        if fresh:
-                            held.append(flight)
-                    elif type(event) is Published:
-                        flight = unconfirmed.pop(event.seq)
-                        flight.confirmed = True
-                        if event.lines:
-                            flight.digests, flight.lines = event.digests, event.lines
-                    elif type(event) is Failed:
-                        failure = failure or event.error
-                    else:
-                        reading = False
-                        if stop.is_set():
-                            relay.stop_retrying()
-                if failure is not None:
-                    raise failure
-                settled: list[_Flight] = []
-                while flights and flights[0].confirmed:
-                    settled.append(flights.popleft())
-                if settled:
-                    _record(manifest, settled)
-                    relayed -= sum(len(f.fresh) for f in settled)
-                while held and (not relayed or relayed + len(held[0].fresh) <= window):
-                    flight = held.popleft()
-                    seq = next(sequence)
-                    unconfirmed[seq] = flight
-                    relayed += len(flight.fresh)
-                    behind = len(unconfirmed) > RELAY_AHEAD  # the publishing side is the slower one
-                    relay.submit(seq, flight.fresh, fingerprint=not behind)
-                    if behind:  # so fingerprint here, while it publishes
-                        flight.digests, flight.lines = fingerprint_lines(flight.fresh)
-                if not settled:
-                    continue
-                chunks = [d for flight in settled for d in flight.chunk]
-                sub.ack(chunks)
-                tally.settled += len(chunks)
-                status.skipped_duplicates += sum(len(f.chunk) - len(f.fresh) for f in settled)
-                status.moved = len(manifest.entries)
-                last_moved = time.monotonic()
-                elapsed = last_moved - started
-                status.rate = (status.moved - moved_before) / elapsed if elapsed else 0.0
-                if progress is not None:
-                    if status.waiting is None or last_moved - depth_at >= DEPTH_EVERY:
-                        status.waiting, depth_at = _quiet_depth(src, report.topic, report.group), last_moved
-                    progress(status)
-        except BaseException:
-            stop.set()
-            raise
-        finally:
-            stop.set()
-            relay.close()
-            reader.join()
-            leftover = [d for flight in flights for d in flight.chunk]
-            leftover += [d for event in _drain(events, block=False) if type(event) is _Chunk for d in event.deliveries]
-            if leftover:  # read and never acked: give them back now, not after the broker's timeout
-                with contextlib.suppress(BridgeqError):
-                    sub.nack(leftover)
-    report.left_waiting = _quiet_depth(src, report.topic, report.group)
+    report.in_flight_window = manifest.progress.in_flight_window = window
+    started = last_moved = depth_at = time.monotonic()
+    flights: deque[_Flight] = deque()  # read and not yet acked, in order
+    held: deque[_Flight] = deque()  # of those, the ones waiting for room in the window
+    unconfirmed: dict[int, _Flight] = {}
+    sequence = itertools.count()
+    relayed = 0  # messages handed to the relay and not yet recorded: at most the window
+    reading = True
+    failure: BaseException | None = None
+    try:
+        while reading or flights:
+            for event in _drain(events):
+                if type(event) is Chunk:
+                    chunk = event.deliveries
+                    fresh = manifest.unseen(chunk)
+                    flight = _Flight(chunk, fresh, not fresh)
+                    flights.append(flight)
+                    if fresh:
+                        held.append(flight)
+                elif type(event) is Published:
+                    flight = unconfirmed.pop(event.seq)
+                    flight.confirmed = True
+                    if event.lines:
+                        flight.digests, flight.lines = event.digests, event.lines
+                elif type(event) is Failed:
+                    failure = failure or event.error
+                else:
+                    reading = False
+                    if stop.is_set():
+                        relay.stop_retrying()
+            if failure is not None:
+                raise failure
+            settled: list[_Flight] = []
+            while flights and flights[0].confirmed:
+                settled.append(flights.popleft())
+            if settled:
+                _record(manifest, settled)
+                relayed -= sum(len(f.fresh) for f in settled)
+            while held and (not relayed or relayed + len(held[0].fresh) <= window):
+                flight = held.popleft()
+                seq = next(sequence)
+                unconfirmed[seq] = flight
+                relayed += len(flight.fresh)
+                behind = len(unconfirmed) > RELAY_AHEAD  # the publishing side is the slower one
+                relay.submit(seq, flight.fresh, fingerprint=not behind)
+                if behind:  # so fingerprint here, while it publishes
+                    flight.digests, flight.lines = fingerprint_lines(flight.fresh)
+            if not settled:
+                continue
+            source.ack([flight.chunk for flight in settled])
+            status.skipped_duplicates += sum(len(f.chunk) - len(f.fresh) for f in settled)
+            status.moved = len(manifest.entries)
+            last_moved = time.monotonic()
+            elapsed = last_moved - (source.first_read or started)
+            status.rate = (status.moved - moved_before) / elapsed if elapsed else 0.0
+            if progress is not None:
+                if status.waiting is None or last_moved - depth_at >= DEPTH_EVERY:
+                    status.waiting, depth_at = quiet_depth(src, report.topic, report.group), last_moved
+                progress(status)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()
+        relay.close()
+        unacked = [d for flight in flights for d in flight.chunk]
+        unacked += [d for event in _drain(events, block=False) if type(event) is Chunk for d in event.deliveries]
+        source.finish(unacked)  # what was read and never acked goes back now, not after the broker's timeout
+    report.left_waiting = quiet_depth(src, report.topic, report.group)
     if report.left_waiting:
         report.warnings.append(f"{report.left_waiting} message(s) still wait in the source: run again to move them")
     report.moved_this_run = status.moved - moved_before
     report.skipped_duplicates = status.skipped_duplicates
-    report.seconds = (last_moved if moved_before != status.moved else time.monotonic()) - started
+    report.seconds = (last_moved if moved_before != status.moved else time.monotonic()) - (source.first_read or started)
     manifest.progress.skipped_duplicates += status.skipped_duplicates
     manifest.save()
 
@@ -398,65 +398,6 @@ def _drain(events: queue.SimpleQueue[_Event], block: bool = True) -> list[_Event
         while True:
             taken.append(events.get_nowait())
     return taken
-
-
-def _read(
-    sub: Any,
-    events: queue.SimpleQueue[_Event],
-    tally: _Tally,
-    batch: int,
-    idle_timeout: float,
-    follow: bool,
-    stop: threading.Event,
-    rate: float | None,
-    started: float,
-    waiting: Callable[[], int | None],
-) -> None:
-    """The reader thread: batches from the source into ``events``, then None.
-
-    The subscription's prefetch bounds what is read and not yet settled (the
-    in-flight window). Done means nothing came for ``idle_timeout``, nothing is
-    in flight, and the source says nothing waits (messages held by a crashed
-    member come back once the broker notices), or nothing came for STALL_TIMEOUT
-    although the source says some wait.
-    """
-    quiet_since = time.monotonic()
-    try:
-        while not stop.is_set():
-            in_flight = tally.read > tally.settled  # then poll: each fetch sends the acks made meanwhile
-            chunk = sub.receive_batch(batch, timeout=IN_FLIGHT_POLL if in_flight else 0.5 if follow else idle_timeout)
-            if not chunk:
-                if follow:
-                    continue
-                if in_flight:  # the depth counts them: not the source's silence
-                    quiet_since = time.monotonic()
-                    continue
-                left = waiting()
-                if not left or time.monotonic() - quiet_since > STALL_TIMEOUT:
-                    break
-                continue
-            quiet_since = time.monotonic()
-            tally.read += len(chunk)
-            events.put(_Chunk(chunk))
-            if rate:
-                _pace(started, tally.read, rate, stop)
-    except BaseException as exc:
-        events.put(Failed(exc))
-    finally:
-        events.put(None)
-
-
-def _quiet_depth(broker: api.Broker, topic: str, group: str) -> int | None:
-    try:
-        return broker.depth(topic, group)
-    except BridgeqError:
-        return None
-
-
-def _pace(started: float, done: int, rate: float, stop: threading.Event) -> None:
-    ahead = started + done / rate - time.monotonic()
-    if ahead > 0:
-        stop.wait(ahead)
 
 
 @contextmanager

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 import bridgeq
-from bridgeq.migration import DEFAULT_GROUP, VERIFY_GROUP, migrate
+from bridgeq.migration import DEFAULT_GROUP, VERIFY_GROUP, MigrationReport, migrate
 from bridgeq.testing.support import collect
 from bridgeq.testing.targets import with_options
 from tests.migrate_support import REAL, cleanup, fill, fresh_topic, url_of
@@ -198,8 +200,8 @@ def test_the_cli_prints_a_child_error_as_one_line(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_the_publisher_process_dies_with_its_parent(tmp_path):
-    """SIGKILL the migrating CLI: its publisher process must not outlive it."""
+def test_the_child_processes_die_with_their_parent(tmp_path):
+    """SIGKILL the migrating CLI: its source and publisher processes must not outlive it."""
     src_url, dst_url = url_of("redis"), url_of("redis")
     topic, to_topic = fresh_topic(), fresh_topic()
     command = [sys.executable, "-m", "bridgeq.cli", "migrate", src_url, dst_url, "--topic", topic]
@@ -209,17 +211,17 @@ def test_the_publisher_process_dies_with_its_parent(tmp_path):
     try:
         deadline = time.monotonic() + 60
         children: list[int] = []
-        while time.monotonic() < deadline and not children:
+        while time.monotonic() < deadline and len(children) < 2:
             with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as listed:
                 children = [int(pid) for pid in listed.read().split()]
             time.sleep(0.05)
-        assert children, "the CLI started no publisher process"
+        assert len(children) == 2, f"the CLI started {len(children)} child process(es), not a source and a publisher"
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_running(pid) for pid in children):
             time.sleep(0.05)
-        assert not any(_running(pid) for pid in children), "the publisher process outlived its parent"
+        assert not any(_running(pid) for pid in children), "a child process outlived its parent"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -251,6 +253,79 @@ def test_without_a_usable_python_it_publishes_from_a_thread(tmp_path, monkeypatc
         cleanup(dst_url, topic)
 
 
+def test_without_a_usable_python_a_redis_source_is_read_from_a_thread(tmp_path, monkeypatch):
+    src_url, dst_url = url_of("redis"), url_of("redis")
+    topic, to_topic = fresh_topic(), fresh_topic()
+    fill(src_url, topic, 300)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    try:
+        report = migrate(src_url, dst_url, topic, to_topic=to_topic, idle_timeout=0.3, verify=True)
+        assert report.moved == 300 and report.verify is not None and report.verify.ok
+        assert any("reading in this process" in warning for warning in report.warnings)
+        with pytest.raises(bridgeq.BridgeqError, match="source process"):
+            migrate(src_url, dst_url, topic, to_topic=to_topic, idle_timeout=0.3, source_process=True)
+    finally:
+        cleanup(src_url, topic)
+        cleanup(dst_url, to_topic)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_source_process_that_dies_stops_the_migration_and_loses_nothing(tmp_path):
+    src_url, dst_url = url_of("redis"), url_of("redis")
+    topic, to_topic = fresh_topic(), fresh_topic()
+    fill(src_url, topic, 200)
+    checkpoint = str(tmp_path / "ck")
+    outcome: list[BaseException | MigrationReport] = []
+
+    def run() -> None:
+        try:
+            outcome.append(migrate(src_url, dst_url, topic, to_topic=to_topic, checkpoint=checkpoint, follow=True))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        manifest, deadline = tmp_path / "ck.manifest", time.monotonic() + 60
+        while time.monotonic() < deadline and not (manifest.exists() and manifest.stat().st_size):
+            time.sleep(0.05)  # moving: the source process is past its start (dying at start, a thread takes over)
+        found = [pid for pid in _children(os.getpid()) if b"bridgeq.source:child_main" in _cmdline(pid)]
+        assert found, "no source process started"
+        os.kill(found[0], signal.SIGKILL)
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+        [error] = outcome
+        assert isinstance(error, bridgeq.BridgeqError) and "source process ended unexpectedly" in str(error)
+        report = migrate(src_url, dst_url, topic, to_topic=to_topic, checkpoint=checkpoint, idle_timeout=0.5)
+        verified = migrate(src_url, dst_url, topic, to_topic=to_topic, checkpoint=checkpoint, verify=True)
+        assert report.moved == 200 and verified.verify is not None and verified.verify.missing == 0
+    finally:
+        cleanup(src_url, topic)
+        cleanup(dst_url, to_topic)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of every thread of ``pid``."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/children") as listed:
+            found += [int(child) for child in listed.read().split()]
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except FileNotFoundError:
+        return b""
+
+
+def test_a_memory_source_cannot_be_read_by_a_child_process():
+    with pytest.raises(bridgeq.ConfigError, match="memory://"):
+        migrate("memory://", "memory://other", "t", source_process=True)
+
+
 @pytest.mark.parametrize("source", ["memory", "redis"])
 def test_publishing_in_process_when_asked(source, tmp_path):
     src_url = "memory://in-process" if source == "memory" else url_of("redis")
@@ -275,9 +350,9 @@ def test_a_child_error_never_shows_the_password():
     from bridgeq.relay import ProcessRelay
 
     relay = ProcessRelay.__new__(ProcessRelay)
-    relay._secret = "s3cret-pw"
-    error = relay._error(("ConnectionLost", "cannot reach amqp://user:s3cret-pw@host: refused", ()))
+    relay._secret, relay.what = "s3cret-pw", "publisher process"
+    error = relay.error(("ConnectionLost", "cannot reach amqp://user:s3cret-pw@host: refused", ()))
     assert isinstance(error, bridgeq.ConnectionLost)
     assert "s3cret-pw" not in str(error) and "user:***@host" in str(error)
-    other = relay._error(("KeyError", "s3cret-pw", ()))
+    other = relay.error(("KeyError", "s3cret-pw", ()))
     assert type(other) is bridgeq.BridgeqError and "s3cret-pw" not in str(other)
