@@ -8,8 +8,9 @@ publish rate on the destination, and the migration's rate (with a checkpoint,
 fsynced per batch); the ratio is migration / min(consume, publish). Each round
 measures all three in turn, on fresh topics; the table shows each row's median
 over the rounds (so a burst of load from elsewhere on the machine skews one
-sample, not the ratio) and the range. ``--in-process`` publishes from a thread
-of the benchmark's process instead of the migration's publisher process.
+sample, not the ratio) and the range. ``--in-process`` reads and publishes from
+threads of the benchmark's process instead of the migration's child processes.
+The migration's rate counts from its first message read, as consume's does.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all three measurements (medians shown)")
-    parser.add_argument("--in-process", action="store_true", help="publish from a thread, not a child process")
+    parser.add_argument("--in-process", action="store_true", help="read and publish from threads, not child processes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rounds = [one_round(args) for _ in range(max(1, args.rounds))]

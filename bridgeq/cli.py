@@ -359,7 +359,9 @@ def bench(url: str, messages: int, size: int, batch: int, as_json: bool, through
 @click.option("--rate", type=float, default=None, help="at most this many messages per second")
 @click.option("--batch", default=500, show_default=True, help="messages per confirmed batch")
 @click.option("--idle-timeout", default=2.0, show_default=True, help="stop after this long with nothing new")
-@click.option("--in-process", is_flag=True, help="publish from a thread of this process, not a child process (slower)")
+@click.option(
+    "--in-process", is_flag=True, help="read and publish from threads of this process, not child processes (slower)"
+)
 @click.option("--json", "as_json", is_flag=True)
 def migrate(
     source: str,

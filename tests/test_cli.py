@@ -116,4 +116,4 @@ def test_migrate_in_process_flag_reaches_migrate(monkeypatch, flags, expected):
         "migrate", "memory://mig-cli", "memory://mig-cli-to", "--topic", "orders", "--idle-timeout", "0.2", *flags
     )
     assert result.exit_code == 0, result.output
-    assert seen["publisher_process"] is expected
+    assert seen["publisher_process"] is expected and seen["source_process"] is expected

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -199,21 +200,28 @@ def test_the_cli_prints_a_child_error_as_one_line(tmp_path):
         cleanup(dst_url, to_topic)
 
 
+@pytest.fixture
+def redis_move() -> Iterator[tuple[str, str, str]]:
+    """The test Redis, a source topic and a destination topic on it (both deleted afterwards)."""
+    url, topic, to_topic = url_of("redis"), fresh_topic(), fresh_topic()
+    yield url, topic, to_topic
+    cleanup(url, topic)
+    cleanup(url, to_topic)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_the_child_processes_die_with_their_parent(tmp_path):
+def test_the_child_processes_die_with_their_parent(redis_move):
     """SIGKILL the migrating CLI: its source and publisher processes must not outlive it."""
-    src_url, dst_url = url_of("redis"), url_of("redis")
-    topic, to_topic = fresh_topic(), fresh_topic()
-    command = [sys.executable, "-m", "bridgeq.cli", "migrate", src_url, dst_url, "--topic", topic]
+    url, topic, to_topic = redis_move
+    command = [sys.executable, "-m", "bridgeq.cli", "migrate", url, url, "--topic", topic]
     command += ["--to-topic", to_topic, "--follow", "--json"]
-    fill(src_url, topic, 10)
+    fill(url, topic, 10)
     parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         children: list[int] = []
         while time.monotonic() < deadline and len(children) < 2:
-            with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as listed:
-                children = [int(pid) for pid in listed.read().split()]
+            children = _children(parent.pid)
             time.sleep(0.05)
         assert len(children) == 2, f"the CLI started {len(children)} child process(es), not a source and a publisher"
         os.kill(parent.pid, signal.SIGKILL)
@@ -225,8 +233,6 @@ def test_the_child_processes_die_with_their_parent(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
-        cleanup(src_url, topic)
-        cleanup(dst_url, to_topic)
 
 
 def _running(pid: int) -> bool:
@@ -253,55 +259,45 @@ def test_without_a_usable_python_it_publishes_from_a_thread(tmp_path, monkeypatc
         cleanup(dst_url, topic)
 
 
-def test_without_a_usable_python_a_redis_source_is_read_from_a_thread(tmp_path, monkeypatch):
-    src_url, dst_url = url_of("redis"), url_of("redis")
-    topic, to_topic = fresh_topic(), fresh_topic()
-    fill(src_url, topic, 300)
+def test_without_a_usable_python_a_redis_source_is_read_from_a_thread(redis_move, tmp_path, monkeypatch):
+    url, topic, to_topic = redis_move
+    fill(url, topic, 300)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    try:
-        report = migrate(src_url, dst_url, topic, to_topic=to_topic, idle_timeout=0.3, verify=True)
-        assert report.moved == 300 and report.verify is not None and report.verify.ok
-        assert any("reading in this process" in warning for warning in report.warnings)
-        with pytest.raises(bridgeq.BridgeqError, match="source process"):
-            migrate(src_url, dst_url, topic, to_topic=to_topic, idle_timeout=0.3, source_process=True)
-    finally:
-        cleanup(src_url, topic)
-        cleanup(dst_url, to_topic)
+    report = migrate(url, url, topic, to_topic=to_topic, idle_timeout=0.3, verify=True)
+    assert report.moved == 300 and report.verify is not None and report.verify.ok
+    assert any("reading in this process" in warning for warning in report.warnings)
+    with pytest.raises(bridgeq.BridgeqError, match="source process"):
+        migrate(url, url, topic, to_topic=to_topic, idle_timeout=0.3, source_process=True)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_source_process_that_dies_stops_the_migration_and_loses_nothing(tmp_path):
-    src_url, dst_url = url_of("redis"), url_of("redis")
-    topic, to_topic = fresh_topic(), fresh_topic()
-    fill(src_url, topic, 200)
+def test_a_source_process_that_dies_stops_the_migration_and_loses_nothing(redis_move, tmp_path):
+    url, topic, to_topic = redis_move
+    fill(url, topic, 200)
     checkpoint = str(tmp_path / "ck")
     outcome: list[BaseException | MigrationReport] = []
 
     def run() -> None:
         try:
-            outcome.append(migrate(src_url, dst_url, topic, to_topic=to_topic, checkpoint=checkpoint, follow=True))
+            outcome.append(migrate(url, url, topic, to_topic=to_topic, checkpoint=checkpoint, follow=True))
         except BaseException as exc:
             outcome.append(exc)
 
     worker = threading.Thread(target=run)
     worker.start()
-    try:
-        manifest, deadline = tmp_path / "ck.manifest", time.monotonic() + 60
-        while time.monotonic() < deadline and not (manifest.exists() and manifest.stat().st_size):
-            time.sleep(0.05)  # moving: the source process is past its start (dying at start, a thread takes over)
-        found = [pid for pid in _children(os.getpid()) if b"bridgeq.source:child_main" in _cmdline(pid)]
-        assert found, "no source process started"
-        os.kill(found[0], signal.SIGKILL)
-        worker.join(timeout=60)
-        assert not worker.is_alive()
-        [error] = outcome
-        assert isinstance(error, bridgeq.BridgeqError) and "source process ended unexpectedly" in str(error)
-        report = migrate(src_url, dst_url, topic, to_topic=to_topic, checkpoint=checkpoint, idle_timeout=0.5)
-        verified = migrate(src_url, dst_url, topic, to_topic=to_topic, checkpoint=checkpoint, verify=True)
-        assert report.moved == 200 and verified.verify is not None and verified.verify.missing == 0
-    finally:
-        cleanup(src_url, topic)
-        cleanup(dst_url, to_topic)
+    manifest, deadline = tmp_path / "ck.manifest", time.monotonic() + 60
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.stat().st_size):
+        time.sleep(0.05)  # moving: the source process is past its start (dying at start, a thread takes over)
+    found = [pid for pid in _children(os.getpid()) if b"bridgeq.source:child_main" in _cmdline(pid)]
+    assert found, "no source process started"
+    os.kill(found[0], signal.SIGKILL)
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    [error] = outcome
+    assert isinstance(error, bridgeq.BridgeqError) and "source process ended unexpectedly" in str(error)
+    report = migrate(url, url, topic, to_topic=to_topic, checkpoint=checkpoint, idle_timeout=0.5)
+    verified = migrate(url, url, topic, to_topic=to_topic, checkpoint=checkpoint, verify=True)
+    assert report.moved == 200 and verified.verify is not None and verified.verify.missing == 0
 
 
 def _children(pid: int) -> list[int]:
