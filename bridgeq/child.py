@@ -21,11 +21,12 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any, TypeVar, overload
 
 from bridgeq import errors
 from bridgeq.errors import BridgeqError, PublishError
+from bridgeq.message import EMPTY_HEADERS, Delivery
 from bridgeq.url import REDACTED, resolve
 
 READY_TIMEOUT = 120.0
@@ -56,6 +57,42 @@ entry()
 
 Failure = tuple[str, str, tuple[str, ...]]
 """An error crossing the pipe: type name, message, PublishError's message ids."""
+Record = tuple[str, bytes, "dict[str, str] | None", "str | None"]
+"""A message crossing the pipe: id, body, headers (None when empty), key."""
+
+
+def records_of(deliveries: Iterable[Delivery]) -> list[Record]:
+    return [(d.id, d.body, dict(d.headers) if d.headers else None, d.key) for d in deliveries]
+
+
+class Packed(Sequence[Delivery]):
+    """A batch as a source process sent it: the ids, and the records still pickled. A publisher process
+    takes the pickle as it is; the deliveries are unpickled here only if something asks for them."""
+
+    def __init__(self, ids: list[str], packed: bytes, topic: str, group: str) -> None:
+        self.ids, self.packed = ids, packed
+        self._topic, self._group = topic, group
+        self._deliveries: list[Delivery] | None = None
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """The batch's deliveries (their ``attempt`` is not known here: 1)."""
+        if self._deliveries is None:
+            topic, group = self._topic, self._group
+            records: list[Record] = pickle.loads(self.packed)
+            self._deliveries = [Delivery(i, b, h or EMPTY_HEADERS, k, topic, group, 1) for i, b, h, k in records]
+        return self._deliveries
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> Delivery: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Delivery]: ...
+    def __getitem__(self, index: int | slice) -> Delivery | list[Delivery]:
+        return self.deliveries[index]
+
 
 T = TypeVar("T")
 

@@ -127,12 +127,16 @@ class Manifest:
         known = self.entries.get(delivery.id)
         return known is not None and known == fingerprint_of(delivery)
 
-    def unseen(self, deliveries: list[Any]) -> list[Any]:
+    def unseen(self, deliveries: Sequence[Any]) -> Sequence[Any]:
         """The deliveries not already moved unchanged (all of them, quickly, when nothing was moved yet)."""
         entries = self.entries
         if not entries:
             return deliveries
         return [d for d in deliveries if d.id not in entries or not self.seen(d)]
+
+    def holds_any(self, ids: Iterable[str]) -> bool:
+        """True when some of these ids were moved already."""
+        return bool(self.entries) and not self.entries.keys().isdisjoint(ids)
 
     def record(self, deliveries: Iterable[Fingerprinted], batches: int = 1) -> None:
         """Add moved messages; durable before this returns when there is a file."""

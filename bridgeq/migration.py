@@ -21,13 +21,13 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from bridgeq import api
-from bridgeq.child import ChildStartError
+from bridgeq.child import ChildStartError, Packed
 from bridgeq.errors import ConfigError
 from bridgeq.manifest import Manifest, fingerprint_lines
 from bridgeq.message import Delivery
@@ -277,8 +277,8 @@ class _Flight:
     """A batch read and not yet acked; ``fresh`` is what had to be published (not already in the manifest),
     ``digests`` and ``lines`` their fingerprints and manifest lines."""
 
-    chunk: list[Delivery]
-    fresh: list[Delivery]
+    chunk: Sequence[Delivery]
+    fresh: Sequence[Delivery]
     confirmed: bool
     digests: list[str] = field(default_factory=list)
     lines: str = ""
@@ -313,7 +313,7 @@ def _move(
             for event in _drain(events):
                 if type(event) is Chunk:
                     chunk = event.deliveries
-                    fresh = manifest.unseen(chunk)
+                    fresh = _fresh(manifest, chunk)
                     flight = _Flight(chunk, fresh, not fresh)
                     flights.append(flight)
                     if fresh:
@@ -342,7 +342,9 @@ def _move(
                 seq = next(sequence)
                 unconfirmed[seq] = flight
                 relayed += len(flight.fresh)
-                behind = len(unconfirmed) > RELAY_AHEAD  # the publishing side is the slower one
+                # the publishing side is the slower one (a packed batch is fingerprinted there all the same:
+                # unpacking it here would cost more)
+                behind = len(unconfirmed) > RELAY_AHEAD and type(flight.fresh) is not Packed
                 relay.submit(seq, flight.fresh, fingerprint=not behind)
                 if behind:  # so fingerprint here, while it publishes
                     flight.digests, flight.lines = fingerprint_lines(flight.fresh)
@@ -364,8 +366,9 @@ def _move(
     finally:
         stop.set()
         relay.close()
-        unacked = [d for flight in flights for d in flight.chunk]
-        unacked += [d for event in _drain(events, block=False) if type(event) is Chunk for d in event.deliveries]
+        chunks = [flight.chunk for flight in flights]
+        chunks += [event.deliveries for event in _drain(events, block=False) if type(event) is Chunk]
+        unacked = [d for chunk in chunks if type(chunk) is not Packed for d in chunk]  # a source process keeps its own
         source.finish(unacked)  # what was read and never acked goes back now, not after the broker's timeout
     report.left_waiting = quiet_depth(src, report.topic, report.group)
     if report.left_waiting:
@@ -382,13 +385,21 @@ def _record(manifest: Manifest, settled: list[_Flight]) -> None:
     published = [f for f in settled if f.fresh]
     if not published:
         return
-    ids = [d.id for f in published for d in f.fresh]
+    ids = [i for f in published for i in (f.fresh.ids if type(f.fresh) is Packed else [d.id for d in f.fresh])]
     if len(published) == 1:
         digests, lines = published[0].digests, published[0].lines
     else:
         digests = [digest for f in published for digest in f.digests]
         lines = "".join([f.lines for f in published])
     manifest.add(ids, digests, lines, batches=len(settled))
+
+
+def _fresh(manifest: Manifest, chunk: Sequence[Delivery]) -> Sequence[Delivery]:
+    """What of ``chunk`` is still to publish: all of it unless the manifest has some of its ids already
+    (a batch from a source process then stays packed, to go on to the publisher as it came)."""
+    if type(chunk) is Packed:
+        return chunk if not manifest.holds_any(chunk.ids) else manifest.unseen(chunk.deliveries)
+    return manifest.unseen(chunk)
 
 
 def _drain(events: queue.SimpleQueue[_Event], block: bool = True) -> list[_Event]:

@@ -27,15 +27,12 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
 from bridgeq import api
-from bridgeq.child import EXIT_GRACE, Child, Replies, describe, read_frame, run_child
+from bridgeq.child import EXIT_GRACE, Child, Packed, Replies, describe, read_frame, records_of, run_child
 from bridgeq.errors import BridgeqError, ConnectionLost, PublishError
 from bridgeq.manifest import fingerprint_lines
 from bridgeq.message import EMPTY_HEADERS, Delivery, Message
 
 RETRIES = 5
-
-Record = tuple[str, bytes, "dict[str, str] | None", "str | None"]
-"""A message crossing the pipe: id, body, headers (None when empty), key."""
 
 
 class Published(NamedTuple):
@@ -140,8 +137,8 @@ class ProcessRelay(Child, Relay):
         Child.__init__(self, "bridgeq.relay:child_main", url, (topic,), "publisher process")
 
     def submit(self, seq: int, deliveries: Sequence[Delivery], fingerprint: bool = True) -> None:
-        records = [(d.id, d.body, dict(d.headers) if d.headers else None, d.key) for d in deliveries]
-        self.send((seq, records, fingerprint))
+        records = deliveries.packed if type(deliveries) is Packed else records_of(deliveries)
+        self.send((seq, records, fingerprint))  # a source process's pickle goes on as it came
 
     def stop_retrying(self) -> None:
         with contextlib.suppress(BridgeqError):
@@ -205,6 +202,8 @@ def _watch(commands: IO[bytes], work: queue.SimpleQueue[Any], stop: threading.Ev
                 stop.set()
             else:
                 seq, records, fingerprint = item
+                if type(records) is bytes:  # as a source process packed them
+                    records = pickle.loads(records)
                 messages = [_message(*record) for record in records]
                 work.put((seq, messages, *(fingerprint_lines(messages) if fingerprint else ([], ""))))
     except BaseException:

@@ -19,14 +19,14 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 from bridgeq import api
-from bridgeq.child import Child, Replies, describe, read_frame, run_child
+from bridgeq.child import Child, Packed, Replies, describe, read_frame, records_of, run_child
 from bridgeq.errors import BridgeqError
-from bridgeq.message import EMPTY_HEADERS, Delivery
+from bridgeq.message import Delivery
 from bridgeq.relay import Failed
 
 IN_FLIGHT_POLL = 0.01
@@ -39,9 +39,9 @@ STALL_TIMEOUT = 120.0
 
 
 class Chunk(NamedTuple):
-    """A batch read from the source."""
+    """A batch read from the source (from a source process: packed as it came)."""
 
-    deliveries: list[Delivery]
+    deliveries: Sequence[Delivery]
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Source(ABC):
     """When the first batch came (time.monotonic())."""
 
     @abstractmethod
-    def ack(self, chunks: list[list[Delivery]]) -> None:
+    def ack(self, chunks: list[Sequence[Delivery]]) -> None:
         """Ack these batches: the oldest ones not acked yet, in the order they came."""
 
     @abstractmethod
@@ -90,7 +90,7 @@ class ThreadSource(Source):
         )
         self._thread.start()
 
-    def ack(self, chunks: list[list[Delivery]]) -> None:
+    def ack(self, chunks: list[Sequence[Delivery]]) -> None:
         deliveries = [d for chunk in chunks for d in chunk]
         self._sub.ack(deliveries)
         self._tally.settled += len(deliveries)
@@ -124,7 +124,7 @@ class ProcessSource(Child, Source):
                     self.send(("stop",))
                 return
 
-    def ack(self, chunks: list[list[Delivery]]) -> None:
+    def ack(self, chunks: list[Sequence[Delivery]]) -> None:
         self.send(("ack", len(chunks)))
 
     def finish(self, unacked: list[Delivery]) -> None:
@@ -136,10 +136,8 @@ class ProcessSource(Child, Source):
         if kind == "chunk":
             if self.first_read is None:
                 self.first_read = time.monotonic()
-            topic, group = self._topic, self._group
-            self._events.put(
-                Chunk([Delivery(i, b, h or EMPTY_HEADERS, k, topic, group, a) for i, b, h, k, a in payload])
-            )
+            ids, packed = payload
+            self._events.put(Chunk(Packed(ids, packed, self._topic, self._group)))
         elif kind == "failed":
             self.failed = True
             self._events.put(Failed(self.error(payload)))
@@ -254,11 +252,11 @@ class _Replies:
 
     def put(self, event: Any) -> None:
         if type(event) is Chunk:
-            chunk = event.deliveries
+            chunk = cast(list[Delivery], event.deliveries)  # as the subscription returned it
             with self._lock:
                 self._held.append(chunk)
-            records = [(d.id, d.body, dict(d.headers) if d.headers else None, d.key, d.attempt) for d in chunk]
-            self._replies.send(("chunk", records))
+            packed = pickle.dumps(records_of(chunk), pickle.HIGHEST_PROTOCOL)
+            self._replies.send(("chunk", ([d.id for d in chunk], packed)))
         elif type(event) is Failed:
             self._replies.send(("failed", describe(event.error)))
         else:
