@@ -62,15 +62,10 @@ class LeanPartitionRecords(Fetcher.PartitionRecords):
                         batch = records.next_batch()
                         continue
                 read = 0
-                for record in batch:
-                    if not v2 and check_crcs and not record.validate_crc():
-                        raise CorruptRecordError(
-                            f"Record for partition {tp} at offset {record.offset} failed crc check"
-                        )
-                    offset = record.offset
-                    self.next_fetch_offset = offset + 1
+                for record in decoded(batch) if v2 else _legacy(batch, tp, check_crcs):
+                    self.next_fetch_offset = record[0] + 1
                     read += 1
-                    yield (offset, record.key, record.value, record.headers)
+                    yield record
                 self.records_read += read
                 self.bytes_read += batch.size_in_bytes if v2 else 0
                 batch = records.next_batch()
@@ -81,6 +76,85 @@ class LeanPartitionRecords(Fetcher.PartitionRecords):
         except StopIteration:  # inside a generator it would end the iteration silently
             log.exception("StopIteration raised unpacking a record batch")
             raise RuntimeError("StopIteration raised unpacking a record batch") from None
+
+
+def decoded(batch: Any) -> Iterator[LeanRecord]:
+    """The records of a v2 batch (already CRC-checked) as lean tuples, read straight from its bytes.
+
+    A record (Kafka's protocol guide): length varint, attributes int8, timestamp delta varlong,
+    offset delta varint, key (varint length, -1 for null), value (likewise), header count varint,
+    then each header: key (varint length, UTF-8), value (varint length, -1 for null). Varints are
+    zigzag-encoded; most fields here take one or two bytes, so both are read inline.
+    """
+    iter(batch)  # uncompresses the batch's records in place
+    buffer: bytearray = batch._buffer
+    pos: int = batch._pos
+    base = batch.base_offset
+    try:
+        for _ in range(batch.records_count):
+            length, pos = _varint(buffer, pos)
+            end = pos + length
+            pos += 1  # attributes: unused
+            while buffer[pos] & 0x80:  # the timestamp delta: not needed
+                pos += 1
+            delta, pos = _varint(buffer, pos + 1)
+            size, pos = _varint(buffer, pos)
+            key = None
+            if size >= 0:
+                key = bytes(buffer[pos : pos + size])
+                pos += size
+            size, pos = _varint(buffer, pos)
+            value = None
+            if size >= 0:
+                value = bytes(buffer[pos : pos + size])
+                pos += size
+            count, pos = _varint(buffer, pos)
+            headers: list[tuple[str, bytes | None]] = []
+            for _ in range(count):
+                size, pos = _varint(buffer, pos)
+                name = buffer[pos : pos + size].decode("utf-8")
+                size, pos = _varint(buffer, pos + size)
+                header = None
+                if size >= 0:
+                    header = bytes(buffer[pos : pos + size])
+                    pos += size
+                headers.append((name, header))
+            if pos != end or size < -1:
+                raise CorruptRecordError(f"record at offset {base + delta}: its fields do not add up to its length")
+            yield (base + delta, key, value, headers)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise CorruptRecordError(f"a record batch at offset {base} cannot be read: {exc!r}") from None
+    if pos != len(buffer):
+        raise CorruptRecordError(f"{len(buffer) - pos} unread bytes after the records of the batch at offset {base}")
+
+
+def _legacy(batch: Any, tp: Any, check_crcs: bool) -> Iterator[LeanRecord]:
+    """The records of an old-format (v0/v1) batch, which brokers before Kafka 4 may still hold."""
+    for record in batch:
+        if check_crcs and not record.validate_crc():
+            raise CorruptRecordError(f"Record for partition {tp} at offset {record.offset} failed crc check")
+        yield (record.offset, record.key, record.value, record.headers or [])
+
+
+def _varint(buffer: bytearray, pos: int) -> tuple[int, int]:
+    """The zigzag varint at ``pos``, and the position after it."""
+    first = buffer[pos]
+    if first < 0x80:
+        return (first >> 1) ^ -(first & 1), pos + 1
+    second = buffer[pos + 1]
+    if second < 0x80:
+        value = (first & 0x7F) | (second << 7)
+        return (value >> 1) ^ -(value & 1), pos + 2
+    value, shift, pos = (first & 0x7F) | ((second & 0x7F) << 7), 14, pos + 2
+    while True:
+        byte = buffer[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (value >> 1) ^ -(value & 1), pos
+        shift += 7
+        if shift > 63:
+            raise CorruptRecordError("a varint longer than 10 bytes")
 
 
 def install(consumer: Any) -> bool:

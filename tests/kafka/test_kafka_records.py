@@ -14,10 +14,13 @@ from kafka import KafkaConsumer, KafkaProducer
 from bridgeq.testing.support import collect
 from bridgeq_kafka.records import LeanRecord, install, lean
 
+GZIPPED = [b"gzipped-1", b"gzipped-2" * 1000]
+
 
 def _fill_with_transactions(settings: dict[str, Any], topic: str) -> None:
-    """Plain records, a committed transaction, an aborted one, then plain records again."""
+    """Plain records, a committed transaction, an aborted one, gzipped records, then a plain one again."""
     plain = KafkaProducer(**settings)
+    gzipped = KafkaProducer(**settings, compression_type="gzip")
     tx = KafkaProducer(**settings, transactional_id=f"bq-test-{uuid.uuid4().hex[:8]}")
     try:
         plain.send(topic, b"before", key=b"k", headers=[("h", b"v"), ("empty", b"")]).get(10)
@@ -31,9 +34,12 @@ def _fill_with_transactions(settings: dict[str, Any], topic: str) -> None:
         tx.send(topic, b"aborted", key=b"k")
         tx.flush()  # written to the log, then aborted (unflushed records would just be dropped)
         tx.abort_transaction()
+        gzipped.send(topic, b"gzipped-1", key=b"k", headers=[("h", b"\xff" * 300)])
+        gzipped.send(topic, b"gzipped-2" * 1000, key=b"k").get(10)
         plain.send(topic, b"after", key=b"k").get(10)
     finally:
         tx.close()
+        gzipped.close()
         plain.close()
 
 
@@ -61,10 +67,10 @@ def test_lean_records_match_kafka_pythons_own(broker, topic, settings) -> None:
     assert all(type(record) is tuple for record in leaned)
     assert leaned == own
     bodies = [value for _, _, value, _ in leaned]
-    assert bodies == [b"before", None, b"committed-1", b"committed-2", b"aborted", b"after"]  # no markers
+    assert bodies == [b"before", None, b"committed-1", b"committed-2", b"aborted", *GZIPPED, b"after"]  # no markers
     assert leaned[0][3] == [("h", b"v"), ("empty", b"")]
-    offsets = [offset for offset, *_ in leaned]
-    assert offsets[-1] > offsets[-2] + 1  # the abort marker's offset lies between: stepped over
+    offsets = {value: offset for offset, _, value, _ in leaned}
+    assert offsets[b"gzipped-1"] > offsets[b"aborted"] + 1  # the abort marker's offset lies between: stepped over
 
 
 def test_read_committed_keeps_kafka_pythons_filtering(broker, topic, settings) -> None:
@@ -81,7 +87,7 @@ def test_members_read_past_control_batches_and_commit_to_the_end(broker, topic, 
     broker.declare(topic, "g")
     _fill_with_transactions(settings, topic)
     with broker.subscribe(topic, "g") as sub:
-        got = collect(sub, 6)
-    assert [d.body for d in got] == [b"before", b"", b"committed-1", b"committed-2", b"aborted", b"after"]
+        got = collect(sub, 8)
+    assert [d.body for d in got] == [b"before", b"", b"committed-1", b"committed-2", b"aborted", *GZIPPED, b"after"]
     assert got[0].headers == {"h": "v", "empty": ""}
     assert broker.depth(topic, "g") == 0  # the commit reaches past the last marker
