@@ -23,6 +23,7 @@ from kafka.structs import OffsetAndMetadata
 from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
+from bridgeq_kafka.appender import appender
 from bridgeq_kafka.config import client_config, raise_if_certificate_refused
 from bridgeq_kafka.consumer import KafkaMember
 from bridgeq_kafka.errors import ERRORS, REBALANCING
@@ -231,20 +232,26 @@ class KafkaBackend(Backend):
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 ordered = sorted(producer.partitions_for(name))  # waits for the topic's metadata if new
                 cluster = producer._metadata  # kafka-python's view of the cluster (pinned minor version)
+                add, large = appender(producer), self._options.batch_size  # larger ones get send()'s checks
+                tps = {p: TopicPartition(name, p) for p in ordered}
                 partition, left = 0, 0
                 for message in messages:
                     headers = [(ID_HEADER, message.id.encode())]
                     if message.headers:
                         headers.extend((k, v.encode()) for k, v in message.headers.items())
-                    key = message.key
-                    if key is None:
+                    key, body = message.key, message.body
+                    serialized = None if key is None else key.encode()
+                    if serialized is not None:
+                        chosen = runs.keyed(serialized, ordered)
+                    else:
                         if not left:
                             partition, left = runs.next_run(name, cluster), run
                         left -= 1
-                        sent(send(name, message.body, None, headers, partition))
+                        chosen = partition
+                    if add is not None and len(body) < large:
+                        sent(add(tps[chosen], serialized, body, headers))
                     else:
-                        serialized = key.encode()
-                        sent(send(name, message.body, serialized, headers, runs.keyed(serialized, ordered)))
+                        sent(send(name, body, serialized, headers, chosen))
                     if not len(futures) % LET_GO_EVERY:
                         confirmed = _let_go(futures, confirmed)
         except BridgeqError as exc:

@@ -224,3 +224,14 @@ def test_published_records_land_on_kafkas_key_partition_and_keyless_ones_in_runs
     chunks = [runs[i : i + RunPartitioner.RUN] for i in range(0, len(runs), RunPartitioner.RUN)]
     assert [len(set(chunk)) for chunk in chunks] == [1, 1, 1]
     assert {chunk[0] for chunk in chunks} == partitions
+
+
+def test_a_batch_mixing_small_and_batch_sized_messages_keeps_their_order(broker, topic) -> None:
+    """Small records go straight to the producer's accumulator, ones of batch_size or more through send()."""
+    broker.declare(topic, "g")
+    large = broker.backend.options.batch_size  # type: ignore[attr-defined]
+    bodies = [b"a", b"B" * large, b"c", b"D" * (large * 3), b"e"]
+    ids = broker.publish_batch(topic, [bridgeq.Message(body, key="same") for body in bodies])
+    with broker.subscribe(topic, "g") as sub:
+        got = collect(sub, len(bodies))
+    assert [d.id for d in got] == ids and [d.body for d in got] == bodies
