@@ -69,8 +69,11 @@ class Packed(Sequence[Delivery]):
     """A batch as a source process sent it: the ids, and the records still pickled. A publisher process
     takes the pickle as it is; the deliveries are unpickled here only if something asks for them."""
 
-    def __init__(self, ids: list[str], packed: bytes, topic: str, group: str) -> None:
+    def __init__(
+        self, ids: list[str], packed: bytes, topic: str, group: str, fingerprints: tuple[list[str], str] | None = None
+    ) -> None:
         self.ids, self.packed = ids, packed
+        self.fingerprints = fingerprints  # (digests, manifest lines) when the source process computed them
         self._topic, self._group = topic, group
         self._deliveries: list[Delivery] | None = None
 

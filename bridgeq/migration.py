@@ -342,12 +342,15 @@ def _move(
                 seq = next(sequence)
                 unconfirmed[seq] = flight
                 relayed += len(flight.fresh)
-                # the publishing side is the slower one (a packed batch is fingerprinted there all the same:
-                # unpacking it here would cost more)
-                behind = len(unconfirmed) > RELAY_AHEAD and type(flight.fresh) is not Packed
-                relay.submit(seq, flight.fresh, fingerprint=not behind)
-                if behind:  # so fingerprint here, while it publishes
-                    flight.digests, flight.lines = fingerprint_lines(flight.fresh)
+                behind = len(unconfirmed) > RELAY_AHEAD  # the publishing side is the slower one
+                fresh = flight.fresh
+                if type(fresh) is Packed:  # so the source process fingerprints (unpacking here would cost more)
+                    source.fingerprint(behind)
+                    if fresh.fingerprints is not None:
+                        flight.digests, flight.lines = fresh.fingerprints
+                elif behind:  # so fingerprint here, while it publishes
+                    flight.digests, flight.lines = fingerprint_lines(fresh)
+                relay.submit(seq, fresh, fingerprint=not flight.lines)
             if not settled:
                 continue
             source.ack([flight.chunk for flight in settled])

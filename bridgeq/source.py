@@ -26,6 +26,7 @@ from typing import IO, Any, NamedTuple, cast
 from bridgeq import api
 from bridgeq.child import Child, Packed, Replies, describe, read_frame, records_of, run_child
 from bridgeq.errors import BridgeqError
+from bridgeq.manifest import fingerprint_lines
 from bridgeq.message import Delivery
 from bridgeq.relay import Failed
 
@@ -62,6 +63,12 @@ class Source(ABC):
 
     first_read: float | None = None
     """When the first batch came (time.monotonic())."""
+
+    fingerprinting = False
+    """Whether batches come with their fingerprints (see :meth:`fingerprint`)."""
+
+    def fingerprint(self, on: bool) -> None:  # noqa: B027 - only a source process can
+        """Ask for batches with their fingerprints computed (a source process can: the publisher is behind)."""
 
     @abstractmethod
     def ack(self, chunks: list[Sequence[Delivery]]) -> None:
@@ -127,6 +134,11 @@ class ProcessSource(Child, Source):
     def ack(self, chunks: list[Sequence[Delivery]]) -> None:
         self.send(("ack", len(chunks)))
 
+    def fingerprint(self, on: bool) -> None:
+        if on != self.fingerprinting:
+            self.fingerprinting = on
+            self.send(("fingerprint", on))
+
     def finish(self, unacked: list[Delivery]) -> None:
         self._done.set()
         self.close()  # EOF: the child gives back what it holds, unacked, and exits
@@ -136,8 +148,8 @@ class ProcessSource(Child, Source):
         if kind == "chunk":
             if self.first_read is None:
                 self.first_read = time.monotonic()
-            ids, packed = payload
-            self._events.put(Chunk(Packed(ids, packed, self._topic, self._group)))
+            ids, packed, fingerprints = payload
+            self._events.put(Chunk(Packed(ids, packed, self._topic, self._group, fingerprints)))
         elif kind == "failed":
             self.failed = True
             self._events.put(Failed(self.error(payload)))
@@ -249,6 +261,7 @@ class _Replies:
 
     def __init__(self, replies: Replies, held: deque[list[Delivery]], lock: threading.Lock) -> None:
         self._replies, self._held, self._lock = replies, held, lock
+        self.fingerprinting = False  # set by the parent: the publisher is behind, so fingerprint here
 
     def put(self, event: Any) -> None:
         if type(event) is Chunk:
@@ -256,7 +269,8 @@ class _Replies:
             with self._lock:
                 self._held.append(chunk)
             packed = pickle.dumps(records_of(chunk), pickle.HIGHEST_PROTOCOL)
-            self._replies.send(("chunk", ([d.id for d in chunk], packed)))
+            fingerprints = fingerprint_lines(chunk) if self.fingerprinting else None
+            self._replies.send(("chunk", ([d.id for d in chunk], packed, fingerprints)))
         elif type(event) is Failed:
             self._replies.send(("failed", describe(event.error)))
         else:
@@ -268,14 +282,15 @@ def _serve(commands: IO[bytes], replies: Replies, opened: tuple[api.Broker, Any,
     held: deque[list[Delivery]] = deque()  # read and not yet acked, in order
     lock = threading.Lock()
     tally, stop = Tally(), threading.Event()
+    output = _Replies(replies, held, lock)
     acks = threading.Thread(
-        target=_ack_as_told, args=(commands, replies, sub, held, lock, tally, stop), name="bridgeq-source-acks"
+        target=_ack_as_told, args=(commands, replies, sub, held, lock, tally, stop, output), name="bridgeq-source-acks"
     )
     acks.start()
     try:
         read(
             sub,
-            _Replies(replies, held, lock),
+            output,
             tally,
             reading,
             stop,
@@ -302,13 +317,18 @@ def _ack_as_told(
     lock: threading.Lock,
     tally: Tally,
     stop: threading.Event,
+    output: _Replies,
 ) -> None:
-    """The child's input thread: ("ack", n) acks the n oldest batches; ("stop",) ends reading; EOF, everything."""
+    """The child's input thread: ("ack", n) acks the n oldest batches; ("fingerprint", on) says whether
+    to fingerprint batches; ("stop",) ends reading; EOF, everything."""
     try:
         while (frame := read_frame(commands)) is not None:
             command = pickle.loads(frame)
             if command[0] == "stop":
                 stop.set()
+                continue
+            if command[0] == "fingerprint":
+                output.fingerprinting = command[1]
                 continue
             with lock:
                 chunks = [held.popleft() for _ in range(command[1])]
