@@ -23,7 +23,7 @@ from kafka.structs import OffsetAndMetadata
 from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
-from bridgeq_kafka.appender import appender
+from bridgeq_kafka.appender import Appender
 from bridgeq_kafka.config import client_config, raise_if_certificate_refused
 from bridgeq_kafka.consumer import KafkaMember
 from bridgeq_kafka.errors import ERRORS, REBALANCING
@@ -228,11 +228,13 @@ class KafkaBackend(Backend):
         unsent: BridgeqError | None = None
         send, sent, confirmed = producer.send, futures.append, 0
         runs, run = self._partitioner, RunPartitioner.RUN
+        appender: Appender | None = None
         try:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 ordered = sorted(producer.partitions_for(name))  # waits for the topic's metadata if new
                 cluster = producer._metadata  # kafka-python's view of the cluster (pinned minor version)
-                add, large = appender(producer), self._options.batch_size  # larger ones get send()'s checks
+                appender = Appender(producer) if Appender.usable(producer) else None
+                add, large = appender and appender.add, self._options.batch_size  # larger ones get send()'s checks
                 tps = {p: TopicPartition(name, p) for p in ordered}
                 partition, left = 0, 0
                 for message in messages:
@@ -248,7 +250,7 @@ class KafkaBackend(Backend):
                             partition, left = runs.next_run(name, cluster), run
                         left -= 1
                         chosen = partition
-                    if add is not None and len(body) < large:
+                    if add and len(body) < large:
                         sent(add(tps[chosen], serialized, body, headers))
                     else:
                         sent(send(name, body, serialized, headers, chosen))
@@ -258,6 +260,9 @@ class KafkaBackend(Backend):
             if not futures:
                 raise
             unsent = exc
+        finally:
+            if appender is not None:
+                appender.done()  # what was added goes now, sent or not the rest
         wait = (self._options.timeout_ms + self._options.linger_ms) / 1000 + 5
         failed: list[str] = [m.id for m in messages[len(futures) :]]
         cause: BaseException | None = unsent
