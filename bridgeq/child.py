@@ -120,6 +120,7 @@ class Child:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._closing = False
+        self._sending = threading.Lock()  # whole frames, from any thread
         self.failed = False  # a failure was reported: the child's end is no news
         try:
             self._process = subprocess.Popen(
@@ -160,8 +161,9 @@ class Child:
         data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
         frame = memoryview(LENGTH.pack(len(data)) + data)
         try:
-            while frame:
-                frame = frame[os.write(self._fd, frame) :]
+            with self._sending:
+                while frame:
+                    frame = frame[os.write(self._fd, frame) :]
         except (OSError, ValueError) as exc:
             raise BridgeqError(f"the {self.what} ended unexpectedly ({self._exit_status()})") from exc
 
