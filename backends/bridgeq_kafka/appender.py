@@ -22,8 +22,8 @@ Headers = list[tuple[str, bytes]]
 class Appender:
     """Adds ``publish``'s records to a producer's accumulator; :meth:`done` once the batch is in.
 
-    ``send`` wakes the producer's sender for every record while batches wait (one write to a
-    socket each); this wakes it when a batch fills up and a new one starts, and at the end.
+    It wakes the producer's sender as ``send`` does, when a batch is full or a new one starts,
+    and once more at the end, so that the last batch does not wait for linger_ms.
     """
 
     def __init__(self, producer: KafkaProducer) -> None:
@@ -42,9 +42,9 @@ class Appender:
 
     def add(self, tp: TopicPartition, key: bytes | None, value: bytes, headers: Headers) -> Any:
         """Add one record; its future."""
-        future, _, batch_new, _ = self._append(tp, None, key, value, headers)
-        if batch_new:
-            self._wakeup()  # the batch before it is full: it can go now
+        future, batch_full, batch_new, _ = self._append(tp, None, key, value, headers)
+        if batch_full or batch_new:
+            self._wakeup()  # a full batch can go now
         return future
 
     def done(self) -> None:
