@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, TypeVar, overload
+from typing import IO, Any, NamedTuple, Protocol, TypeVar, overload
 
 from bridgeq import errors
 from bridgeq.errors import BridgeqError, PublishError
@@ -100,6 +100,18 @@ class Packed(Sequence[Delivery]):
 T = TypeVar("T")
 
 
+class Outcomes(Protocol):
+    """Where a child's news goes (the migration's event queue)."""
+
+    def put(self, item: Any) -> None: ...
+
+
+class Failed(NamedTuple):
+    """Publishing or reading failed for good; the migration raises ``error``."""
+
+    error: BaseException
+
+
 class ChildStartError(BridgeqError):
     """A helper process could not start (no usable Python interpreter, bridgeq not importable)."""
 
@@ -107,14 +119,22 @@ class ChildStartError(BridgeqError):
 class Child:
     """The parent's end of one helper process: start, handshake, frames out, replies in, stop.
 
-    ``on_reply`` gets every reply after the handshake, on the replies thread;
-    ``on_lost`` is called once if the child ends without being asked to.
+    ``on_reply`` gets every reply after the handshake, on the replies thread; a
+    failure it reports, or the child's ending without being asked to, goes to
+    ``outcomes`` as :class:`Failed`.
     """
 
     def __init__(
-        self, entry: str, url: str, setup: tuple[Any, ...], what: str, exit_wait: float = EXIT_GRACE + 3
+        self,
+        entry: str,
+        url: str,
+        setup: tuple[Any, ...],
+        what: str,
+        outcomes: Outcomes,
+        exit_wait: float = EXIT_GRACE + 3,
     ) -> None:
         self.what = what
+        self.outcomes = outcomes
         self._exit_wait = exit_wait  # how long close() waits for it to finish before killing it
         self._secret = resolve(url).password  # only to scrub it from the child's error messages
         self._ready = threading.Event()
@@ -144,8 +164,10 @@ class Child:
     def on_reply(self, reply: tuple[Any, ...]) -> None:
         raise NotImplementedError
 
-    def on_lost(self, error: BridgeqError) -> None:
-        raise NotImplementedError
+    def fail(self, failure: Failure) -> None:
+        """Report the failure the child sent (its end is then no news)."""
+        self.failed = True
+        self.outcomes.put(Failed(self.error(failure)))
 
     def start(self) -> None:
         """Return once the child is connected; raise (and stop it) if it is not."""
@@ -158,8 +180,7 @@ class Child:
 
     def send(self, item: object) -> None:
         """One frame, in one write (one system call, so one wait for the GIL after it) where the pipe has room."""
-        data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
-        frame = memoryview(LENGTH.pack(len(data)) + data)
+        frame = memoryview(framed(item))
         try:
             with self._sending:
                 while frame:
@@ -200,7 +221,7 @@ class Child:
                 self._startup_error = ChildStartError(f"the {self.what} ended at start ({self._exit_status()})")
                 self._ready.set()
             elif not (self._closing or self.failed):
-                self.on_lost(BridgeqError(f"the {self.what} ended unexpectedly ({self._exit_status()})"))
+                self.outcomes.put(Failed(BridgeqError(f"the {self.what} ended unexpectedly ({self._exit_status()})")))
 
     def _exit_status(self) -> str:
         try:
@@ -257,11 +278,16 @@ class Replies:
         self._lock = threading.Lock()
 
     def send(self, item: object) -> None:
-        data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+        data = framed(item)
         with self._lock:
-            self._stream.write(LENGTH.pack(len(data)))
             self._stream.write(data)
             self._stream.flush()
+
+
+def framed(item: object) -> bytes:
+    """``item`` as one frame: its pickle's length, then the pickle."""
+    data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(data)) + data
 
 
 def describe(exc: BaseException) -> Failure:

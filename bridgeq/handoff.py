@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import logging
 import queue
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-log = logging.getLogger("bridgeq")
 T = TypeVar("T")
 Orphan = Callable[[Any], None]
 

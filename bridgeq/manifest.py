@@ -138,12 +138,6 @@ class Manifest:
         """True when some of these ids were moved already."""
         return bool(self.entries) and not self.entries.keys().isdisjoint(ids)
 
-    def record(self, deliveries: Iterable[Fingerprinted], batches: int = 1) -> None:
-        """Add moved messages; durable before this returns when there is a file."""
-        moved = [d for d in deliveries if not self.seen(d)]
-        digests, lines = fingerprint_lines(moved)
-        self.add([d.id for d in moved], digests, lines, batches)
-
     def add(self, ids: Sequence[str], digests: Sequence[str], lines: str, batches: int = 1) -> None:
         """Add moved messages with their fingerprints and manifest lines (see :func:`fingerprint_lines`);
         durable before this returns when there is a file."""

@@ -105,6 +105,13 @@ class Message:
         self.key = key
         self.id = _id_prefix + str(next(_id_counter)) if id is None else check_id(id)
 
+    @classmethod
+    def unchecked(cls, id: str, body: bytes, headers: Mapping[str, str], key: str | None) -> Message:  # noqa: A002
+        """A message from parts already checked (a delivery's, or one sent between processes)."""
+        message = cls.__new__(cls)
+        message.id, message.body, message.headers, message.key = id, body, headers, key
+        return message
+
     def size(self) -> int:
         """Bytes this message counts against a backend's ``max_message_size``."""
         size = len(self.body) + len(self.id)
@@ -247,12 +254,7 @@ class Delivery:
 
     def to_message(self, headers: Mapping[str, str] | None = None) -> Message:
         """This delivery as an outgoing message with the same id, body, key and headers."""
-        message = Message.__new__(Message)
-        message.body = self.body
-        message.headers = dict(self.headers) if headers is None else headers
-        message.key = self.key
-        message.id = self.id
-        return message
+        return Message.unchecked(self.id, self.body, dict(self.headers) if headers is None else headers, self.key)
 
     def __repr__(self) -> str:
         return (

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from bridgeq import api
-from bridgeq.child import ChildStartError, Packed
+from bridgeq.child import ChildStartError, Failed, Packed
 from bridgeq.errors import ConfigError
 from bridgeq.manifest import Manifest, fingerprint_lines
 from bridgeq.message import Delivery
 from bridgeq.names import check_name
-from bridgeq.relay import Failed, ProcessRelay, Published, Relay, ThreadRelay
+from bridgeq.relay import ProcessRelay, Published, Relay, ThreadRelay
 from bridgeq.source import Chunk, ProcessSource, Reading, Source, ThreadSource, quiet_depth
 from bridgeq.url import resolve
 from bridgeq.verify import VERIFY_GROUP, VerifyReport, verify_destination
@@ -151,9 +151,10 @@ def migrate(
     target = resolve(destination)
     if publisher_process and target.scheme == "memory":
         raise ConfigError("memory:// lives inside one process: it cannot be published to from a child process")
-    if source_process and resolve(source).scheme == "memory":
+    origin = resolve(source)
+    if source_process and origin.scheme == "memory":
         raise ConfigError("memory:// lives inside one process: it cannot be read from a child process")
-    report = MigrationReport(str(resolve(source)), str(target), topic, to_topic, group, dry_run=dry_run)
+    report = MigrationReport(str(origin), str(target), topic, to_topic, group, dry_run=dry_run)
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(api.connect(source))
         dst = stack.enter_context(api.connect(destination))
@@ -168,8 +169,8 @@ def migrate(
         events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         child = None
         if publisher_process is not False and target.scheme != "memory":
-            raw = destination if isinstance(destination, str) else target.render(hide_password=False)
-            child = _spawn(raw, to_topic, events, publisher_process is None, report)  # starts while we declare
+            # the publisher process starts while we declare
+            child = _spawn(_raw_url(destination), to_topic, events, publisher_process is None, report)
             if child is not None:
                 stack.enter_context(child)
         dst.declare(to_topic, VERIFY_GROUP if verify else None)
@@ -189,6 +190,11 @@ def migrate(
         if verify:
             report.verify = verify_destination(dst, to_topic, manifest, idle_timeout)
     return report
+
+
+def _raw_url(url: Any) -> str:
+    """The URL as given, password included: for a child process, through its pipe."""
+    return url if isinstance(url, str) else resolve(url).render(hide_password=False)
 
 
 def _spawn(
@@ -217,9 +223,7 @@ def _reader(
     that cannot start falls back to a thread, with a warning, unless the child was asked for."""
     if process is not False and src.url.scheme != "memory":
         try:
-            child = ProcessSource(
-                url if isinstance(url, str) else src.url.render(hide_password=False), reading, events, stop
-            )
+            child = ProcessSource(_raw_url(url), reading, events, stop)
             child.start()
             return child
         except ChildStartError as exc:
@@ -363,15 +367,11 @@ def _move(
                 if status.waiting is None or last_moved - depth_at >= DEPTH_EVERY:
                     status.waiting, depth_at = quiet_depth(src, report.topic, report.group), last_moved
                 progress(status)
-    except BaseException:
-        stop.set()
-        raise
     finally:
         stop.set()
         relay.close()
-        chunks = [flight.chunk for flight in flights]
-        chunks += [event.deliveries for event in _drain(events, block=False) if type(event) is Chunk]
-        unacked = [d for chunk in chunks if type(chunk) is not Packed for d in chunk]  # a source process keeps its own
+        unacked = [flight.chunk for flight in flights]
+        unacked += [event.deliveries for event in _drain(events, block=False) if type(event) is Chunk]
         source.finish(unacked)  # what was read and never acked goes back now, not after the broker's timeout
     report.left_waiting = quiet_depth(src, report.topic, report.group)
     if report.left_waiting:

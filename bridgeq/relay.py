@@ -27,7 +27,18 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
 from bridgeq import api
-from bridgeq.child import EXIT_GRACE, Child, Packed, Replies, describe, read_frame, records_of, run_child
+from bridgeq.child import (
+    EXIT_GRACE,
+    Child,
+    Failed,
+    Outcomes,
+    Packed,
+    Replies,
+    describe,
+    read_frame,
+    records_of,
+    run_child,
+)
 from bridgeq.errors import BridgeqError, ConnectionLost, PublishError
 from bridgeq.manifest import fingerprint_lines
 from bridgeq.message import EMPTY_HEADERS, Delivery, Message
@@ -41,12 +52,6 @@ class Published(NamedTuple):
     seq: int
     digests: list[str]
     lines: str
-
-
-class Failed(NamedTuple):
-    """Publishing (or reading) failed for good; the migration raises ``error``."""
-
-    error: BaseException
 
 
 def publish_with_retry(broker: api.Broker, topic: str, messages: list[Message], stop: threading.Event) -> None:
@@ -68,7 +73,7 @@ def publish_with_retry(broker: api.Broker, topic: str, messages: list[Message], 
 class Relay(ABC):
     """Publishes submitted batches in order to ``topic``; outcomes go to ``outcomes``."""
 
-    def __init__(self, topic: str, outcomes: queue.SimpleQueue[Any]) -> None:
+    def __init__(self, topic: str, outcomes: Outcomes) -> None:
         self.topic = topic
         self.outcomes = outcomes
 
@@ -134,7 +139,7 @@ class ProcessRelay(Child, Relay):
 
     def __init__(self, url: str, topic: str, outcomes: queue.SimpleQueue[Any]) -> None:
         Relay.__init__(self, topic, outcomes)
-        Child.__init__(self, "bridgeq.relay:child_main", url, (topic,), "publisher process")
+        Child.__init__(self, "bridgeq.relay:child_main", url, (topic,), "publisher process", outcomes)
 
     def submit(self, seq: int, deliveries: Sequence[Delivery], fingerprint: bool = True) -> None:
         records = deliveries.packed if type(deliveries) is Packed else records_of(deliveries)
@@ -149,11 +154,7 @@ class ProcessRelay(Child, Relay):
         if failure is None:
             self.outcomes.put(Published(seq, *confirmed))
         else:
-            self.failed = True
-            self.outcomes.put(Failed(self.error(failure)))
-
-    def on_lost(self, error: BridgeqError) -> None:
-        self.outcomes.put(Failed(error))
+            self.fail(failure)
 
 
 def child_main() -> None:
@@ -204,7 +205,7 @@ def _watch(commands: IO[bytes], work: queue.SimpleQueue[Any], stop: threading.Ev
                 seq, records, fingerprint = item
                 if type(records) is bytes:  # as a source process packed them
                     records = pickle.loads(records)
-                messages = [_message(*record) for record in records]
+                messages = [Message.unchecked(i, b, h or EMPTY_HEADERS, k) for i, b, h, k in records]
                 work.put((seq, messages, *(fingerprint_lines(messages) if fingerprint else ([], ""))))
     except BaseException:
         pass
@@ -226,13 +227,3 @@ def _groups(work: queue.SimpleQueue[Any]) -> Iterator[list[Any]]:
         yield items
         if item is None:
             return
-
-
-def _message(message_id: str, body: bytes, headers: dict[str, str] | None, key: str | None) -> Message:
-    """A message as the source delivered it (checked there already, so not again)."""
-    message = Message.__new__(Message)
-    message.id = message_id
-    message.body = body
-    message.headers = headers or EMPTY_HEADERS
-    message.key = key
-    return message

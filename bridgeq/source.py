@@ -19,16 +19,15 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple, cast
 
 from bridgeq import api
-from bridgeq.child import Child, Packed, Replies, describe, read_frame, records_of, run_child
+from bridgeq.child import Child, Failed, Packed, Replies, describe, read_frame, records_of, run_child
 from bridgeq.errors import BridgeqError
 from bridgeq.manifest import fingerprint_lines
 from bridgeq.message import Delivery
-from bridgeq.relay import Failed
 
 IN_FLIGHT_POLL = 0.01
 """How long the reader waits for the source while batches are in flight: the acks made meanwhile go out
@@ -75,8 +74,8 @@ class Source(ABC):
         """Ack these batches: the oldest ones not acked yet, in the order they came."""
 
     @abstractmethod
-    def finish(self, unacked: list[Delivery]) -> None:
-        """Stop reading; what was read and not acked (``unacked``, or all the child holds) goes back."""
+    def finish(self, unacked: list[Sequence[Delivery]]) -> None:
+        """Stop reading; the batches read and not acked (``unacked``; a child knows its own) go back."""
 
 
 class ThreadSource(Source):
@@ -90,37 +89,36 @@ class ThreadSource(Source):
         self._sub = broker.subscribe(reading.topic, reading.group, prefetch=reading.prefetch, max_deliveries=None)
         self._thread = threading.Thread(
             target=read,
-            args=(self._sub, _Events(events, self), self._tally, reading, stop),
-            kwargs={"waiting": lambda: quiet_depth(broker, reading.topic, reading.group)},
+            args=(broker, self._sub, _Events(events, self), self._tally, reading, stop),
             name="bridgeq-migrate-reader",
             daemon=True,
         )
         self._thread.start()
 
     def ack(self, chunks: list[Sequence[Delivery]]) -> None:
-        deliveries = [d for chunk in chunks for d in chunk]
-        self._sub.ack(deliveries)
-        self._tally.settled += len(deliveries)
+        _ack(self._sub, self._tally, chunks)
 
-    def finish(self, unacked: list[Delivery]) -> None:
+    def finish(self, unacked: list[Sequence[Delivery]]) -> None:
         self._stop.set()
         self._thread.join()
-        try:
-            if unacked:  # read and never acked: give them back now, not after the broker's timeout
-                with contextlib.suppress(BridgeqError):
-                    self._sub.nack(unacked)
-        finally:
-            self._sub.close()
+        _give_back(self._sub, unacked)
 
 
 class ProcessSource(Child, Source):
     """Reads from a child process that subscribes to ``url`` itself (see :mod:`bridgeq.child`)."""
 
     def __init__(self, url: str, reading: Reading, events: queue.SimpleQueue[Any], stop: threading.Event) -> None:
-        self._events = events
         self._topic, self._group = reading.topic, reading.group
         self._done = threading.Event()
-        Child.__init__(self, "bridgeq.source:child_main", url, (reading,), "source process", exit_wait=SOURCE_EXIT_WAIT)
+        Child.__init__(
+            self,
+            "bridgeq.source:child_main",
+            url,
+            (reading,),
+            "source process",
+            _Events(events, self),
+            SOURCE_EXIT_WAIT,
+        )
         self._stopper = threading.Thread(target=self._stop_when, args=(stop,), daemon=True)
         self._stopper.start()
 
@@ -139,25 +137,19 @@ class ProcessSource(Child, Source):
             self.fingerprinting = on
             self.send(("fingerprint", on))
 
-    def finish(self, unacked: list[Delivery]) -> None:
+    def finish(self, unacked: list[Sequence[Delivery]]) -> None:
         self._done.set()
         self.close()  # EOF: the child gives back what it holds, unacked, and exits
 
     def on_reply(self, reply: tuple[Any, ...]) -> None:
         kind, payload = reply
         if kind == "chunk":
-            if self.first_read is None:
-                self.first_read = time.monotonic()
             ids, packed, fingerprints = payload
-            self._events.put(Chunk(Packed(ids, packed, self._topic, self._group, fingerprints)))
+            self.outcomes.put(Chunk(Packed(ids, packed, self._topic, self._group, fingerprints)))
         elif kind == "failed":
-            self.failed = True
-            self._events.put(Failed(self.error(payload)))
+            self.fail(payload)
         else:
-            self._events.put(None)
-
-    def on_lost(self, error: BridgeqError) -> None:
-        self._events.put(Failed(error))
+            self.outcomes.put(None)
 
 
 @dataclass
@@ -181,14 +173,7 @@ class _Events:
         self._events.put(event)
 
 
-def read(
-    sub: Any,
-    events: Any,
-    tally: Tally,
-    reading: Reading,
-    stop: threading.Event,
-    waiting: Callable[[], int | None],
-) -> None:
+def read(broker: api.Broker, sub: Any, events: Any, tally: Tally, reading: Reading, stop: threading.Event) -> None:
     """The reader: batches from the source into ``events``, then None (Failed first, on error).
 
     The subscription's prefetch bounds what is read and not yet settled (the
@@ -209,7 +194,7 @@ def read(
                 if in_flight:  # the depth counts them: not the source's silence
                     quiet_since = time.monotonic()
                     continue
-                left = waiting()
+                left = quiet_depth(broker, reading.topic, reading.group)
                 if not left or time.monotonic() - quiet_since > STALL_TIMEOUT:
                     break
                 continue
@@ -222,6 +207,23 @@ def read(
         events.put(Failed(exc))
     finally:
         events.put(None)
+
+
+def _ack(sub: Any, tally: Tally, chunks: Sequence[Sequence[Delivery]]) -> None:
+    deliveries = [d for chunk in chunks for d in chunk]
+    sub.ack(deliveries)
+    tally.settled += len(deliveries)
+
+
+def _give_back(sub: Any, unacked: Sequence[Sequence[Delivery]]) -> None:
+    """Nack what was read and never acked (back to the source now, not after the broker's timeout); close."""
+    try:
+        deliveries = [d for chunk in unacked for d in chunk]
+        if deliveries:
+            with contextlib.suppress(BridgeqError):
+                sub.nack(deliveries)
+    finally:
+        sub.close()
 
 
 def quiet_depth(broker: api.Broker, topic: str, group: str) -> int | None:
@@ -288,24 +290,14 @@ def _serve(commands: IO[bytes], replies: Replies, opened: tuple[api.Broker, Any,
     )
     acks.start()
     try:
-        read(
-            sub,
-            output,
-            tally,
-            reading,
-            stop,
-            lambda: quiet_depth(broker, reading.topic, reading.group),
-        )
+        read(broker, sub, output, tally, reading, stop)
         acks.join()  # until the parent closes our stdin
     finally:
         stop.set()
         with lock:
-            unacked = [d for chunk in held for d in chunk]
+            unacked = list(held)
         with contextlib.suppress(BaseException):
-            if unacked:
-                sub.nack(unacked)  # back to the source now, not after the broker's timeout
-        with contextlib.suppress(BaseException):
-            sub.close()
+            _give_back(sub, unacked)
             broker.close()
 
 
@@ -332,9 +324,7 @@ def _ack_as_told(
                 continue
             with lock:
                 chunks = [held.popleft() for _ in range(command[1])]
-            deliveries = [d for chunk in chunks for d in chunk]
-            sub.ack(deliveries)
-            tally.settled += len(deliveries)
+            _ack(sub, tally, chunks)
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             replies.send(("failed", describe(exc)))

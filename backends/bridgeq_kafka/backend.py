@@ -65,6 +65,7 @@ class KafkaBackend(Backend):
         self._admin: KafkaAdminClient | None = None
         self._known: set[str] = set()  # topics this backend made sure exist
         self._partitioner = RunPartitioner()
+        self._appender: Appender | None = None  # with the producer
         self._members: weakref.WeakSet[KafkaMember] = weakref.WeakSet()
         self._starts: dict[tuple[str, str], dict[TopicPartition, int]] = {}  # see _ensure_group
         self._api_version: tuple[int, ...] | None = None  # learnt from the first client: later ones skip a probe
@@ -101,6 +102,7 @@ class KafkaBackend(Backend):
                         self._producer = KafkaProducer(
                             **self._common, **self.producer_settings(), partitioner=self._partitioner
                         )
+                        self._appender = Appender(self._producer) if Appender.usable(self._producer) else None
                         self._api_version = self._api_version or self._producer.config["api_version"]
                     except (ValueError, RuntimeError) as exc:  # e.g. a codec whose library is missing
                         raise ConfigError(f"kafka producer: {exc}") from exc
@@ -228,12 +230,11 @@ class KafkaBackend(Backend):
         unsent: BridgeqError | None = None
         send, sent, confirmed = producer.send, futures.append, 0
         runs, run = self._partitioner, RunPartitioner.RUN
-        appender: Appender | None = None
+        appender = self._appender
         try:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 ordered = sorted(producer.partitions_for(name))  # waits for the topic's metadata if new
                 cluster = producer._metadata  # kafka-python's view of the cluster (pinned minor version)
-                appender = Appender(producer) if Appender.usable(producer) else None
                 add, large = appender and appender.add, self._options.batch_size  # larger ones get send()'s checks
                 tps = {p: TopicPartition(name, p) for p in ordered}
                 partition, left = 0, 0
@@ -370,8 +371,7 @@ class RunPartitioner(Partitioner):
     def next_run(self, topic: str, cluster: Any) -> int:
         """The partition for the next ``RUN`` keyless records of ``topic``."""
         ordered = sorted(cluster.available_partitions_for_topic(topic) or cluster.partitions_for_topic(topic))
-        chosen = self._current[topic] = ordered[next(self._runs) % len(ordered)]
-        return chosen
+        return ordered[next(self._runs) % len(ordered)]
 
     @staticmethod
     def keyed(serialized_key: bytes, ordered: Sequence[int]) -> int:
@@ -386,7 +386,7 @@ class RunPartitioner(Partitioner):
         starts_run = not next(self._calls) % self.RUN
         current = self._current.get(topic)
         if current is None or starts_run:
-            current = self.next_run(topic, cluster)
+            current = self._current[topic] = self.next_run(topic, cluster)
         return current
 
 

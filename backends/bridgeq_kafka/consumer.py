@@ -29,8 +29,7 @@ Token = tuple[int, int]
 Two ints, so the garbage collector stops tracking it at its first pass; acks group by the slot."""
 
 _TOKEN = attrgetter("token")
-_OFFSET = itemgetter(0)
-_SLOT = itemgetter(0)
+_FIRST = itemgetter(0)  # a lean record's offset, a token's slot
 
 
 class KafkaMember(BackendConsumer):
@@ -135,7 +134,7 @@ class KafkaMember(BackendConsumer):
                         if not self._lean:
                             records = list(map(lean, records))
                         ledger = self._ledgers.get(tp) or self._open(tp)
-                        self._deliveries(tp, ledger, records, ledger.deliver_all(list(map(_OFFSET, records))), out)
+                        self._deliveries(tp, ledger, records, ledger.deliver_all(list(map(_FIRST, records))), out)
             return out
 
     def _unpark(self, limit: int) -> dict[TopicPartition, list[Any]]:
@@ -222,7 +221,7 @@ class KafkaMember(BackendConsumer):
             self._used = time.monotonic()
             held = self._held
             touched: set[TopicPartition] = set()
-            for slot, tokens in groupby(map(_TOKEN, deliveries), _SLOT):  # runs of one ledger: booked in bulk
+            for slot, tokens in groupby(map(_TOKEN, deliveries), _FIRST):  # runs of one ledger: booked in bulk
                 holding = held.get(slot)
                 if holding is not None:  # not revoked meanwhile
                     holding[1].ack_all([offset for _, offset in tokens])
