@@ -2,10 +2,9 @@
 
 The asyncio API would otherwise hand every publish to a worker thread and back,
 which costs about a third of a small batch's time. Here the packed commands are
-written on the loop and the replies parsed as they arrive; any number of
-batches may be in flight at once, since Redis answers in order. Only the reply
-shapes XADD and the handshake produce are understood. Nothing is retried: a
-batch whose replies were lost may have been applied.
+written on the loop and the replies parsed as they arrive (by ``resp.Parser``);
+any number of batches may be in flight at once, since Redis answers in order.
+Nothing is retried: a batch whose replies were lost may have been applied.
 """
 
 from __future__ import annotations
@@ -18,19 +17,6 @@ from typing import Any
 import redis.exceptions as rx
 
 from . import resp
-
-_ERROR_TYPES: tuple[tuple[str, type[rx.RedisError]], ...] = (
-    ("WRONGPASS", rx.AuthenticationError),
-    ("NOAUTH", rx.AuthenticationError),
-    ("NOPERM", rx.NoPermissionError),
-)
-
-
-def _error(text: str) -> rx.RedisError:
-    for prefix, kind in _ERROR_TYPES:
-        if text.startswith(prefix):
-            return kind(text)
-    return rx.ResponseError(text)
 
 
 class _Waiter:
@@ -45,12 +31,12 @@ class _Waiter:
 
 
 class _Protocol(asyncio.Protocol):
-    """Parses RESP2 simple, error, integer and bulk replies, handing each batch its own."""
+    """Hands each batch its own replies, in the order the batches were sent."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiters: deque[_Waiter] = deque()
-        self.buffer = b""
+        self.parser = resp.Parser()
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,33 +51,15 @@ class _Protocol(asyncio.Protocol):
                 waiter.future.set_exception(self.lost)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data if self.buffer else data
-        at, end = 0, len(buffer)
-        waiters = self.waiters
-        while waiters and at < end:
-            line_end = buffer.find(b"\r\n", at)
-            if line_end < 0:
-                break
-            kind = buffer[at]
-            if kind == 36:  # $ bulk string
-                size = int(buffer[at + 1 : line_end])
-                if size < 0:
-                    reply: object = None
-                    at = line_end + 2
-                else:
-                    stop = line_end + 2 + size
-                    if stop + 2 > end:
-                        break
-                    reply = buffer[line_end + 2 : stop]
-                    at = stop + 2
-            elif kind == 45:  # - error
-                reply = _error(buffer[at + 1 : line_end].decode(errors="replace"))
-                at = line_end + 2
-            elif kind == 43 or kind == 58:  # + simple string, : integer
-                reply = buffer[at + 1 : line_end]
-                at = line_end + 2
-            else:
-                self.abort(f"unexpected reply type {chr(kind)!r}")
+        parser, waiters = self.parser, self.waiters
+        parser.feed(data)
+        while waiters:
+            try:
+                reply = parser.reply()
+            except rx.InvalidResponse as exc:
+                self.abort(str(exc))
+                return
+            if reply is resp.INCOMPLETE:
                 return
             waiter = waiters[0]
             waiter.replies.append(reply)
@@ -100,7 +68,6 @@ class _Protocol(asyncio.Protocol):
                 waiters.popleft()
                 if not waiter.future.done():
                     waiter.future.set_result(waiter.replies)
-        self.buffer = buffer[at:] if at < end else b""
 
     def abort(self, why: str) -> None:
         """Drop the connection: its replies can no longer be matched to their batches."""

@@ -52,10 +52,10 @@ class RedisBackend(Backend):
         params = self._connection_params(url, o)
         retry = Retry(EqualJitterBackoff(cap=1.0, base=0.05), o.retries, supported_errors=RETRYABLE)
         self.client = redis.Redis(retry=retry, **params)
+        self._retry = retry
         # XADD is not idempotent: a blind retry after a lost reply would add the entry twice.
         self._publish_pool = redis.Redis(retry=Retry(NoBackoff(), 0), **params).connection_pool
         self._async_link = AsyncLink(params)
-        self.client.set_response_callback("XREADGROUP", _unparsed)  # the consumer reads the flat reply
         self._claim = self.client.register_script(scripts.CLAIM)
         self._settle = self.client.register_script(scripts.SETTLE)
         self._declare_topic = self.client.register_script(scripts.DECLARE_TOPIC)
@@ -200,6 +200,11 @@ class RedisBackend(Backend):
                 except Exception as exc:
                     log.warning("renewing the claims of %r failed (retried soon): %r", consumer, exc)
 
+    def read(self, command: Sequence[bytes]) -> Any:
+        """The reply to a reading command (XREADGROUP), parsed by ``resp``; retried after connection errors."""
+        pool = self.client.connection_pool
+        return self._retry.call_with_retry(lambda: resp.call(pool, command), _ignore)
+
     def claim(self, key: str, group: str, name: str, count: int) -> list[list[Any]]:
         claimed: list[list[Any]] = self._claim(keys=[key], args=[group, name, self.claim_idle_ms, count])
         return claimed
@@ -256,10 +261,6 @@ class RedisBackend(Backend):
         return f"<RedisBackend {kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db')}>"
 
 
-def _unparsed(response: Any, **options: Any) -> Any:
-    return response
-
-
 def _publishing(topic: str, messages: Sequence[Message]) -> str:
     return f"publishing {len(messages)} message(s) to {topic!r} (stored or not: unknown)"
 
@@ -272,3 +273,7 @@ def _refused(topic: str, messages: Sequence[Message], results: list[object]) -> 
             f"{len(failed)} of {len(messages)} message(s) to {topic!r} refused: {failed[0][1]}",
             tuple(mid for mid, _ in failed),
         )
+
+
+def _ignore(error: Exception) -> None:
+    """Nothing to do between retries: a connection that failed was dropped already."""

@@ -42,6 +42,8 @@ class RedisConsumer(BackendConsumer):
         self._next_sweep = 0.0
         self._closed = False
         self._context = f"reading {topic!r} as {group!r}"
+        self._read = [b"XREADGROUP", b"GROUP", group.encode(), self.name.encode(), b"COUNT"]
+        self._streams = (b"STREAMS", self._key.encode(), b">")
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         now = time.monotonic()
@@ -50,14 +52,14 @@ class RedisConsumer(BackendConsumer):
             if claimed:  # perhaps more are waiting: sweep again next time
                 return claimed
             self._next_sweep = now + self._backend.sweep_seconds
-        args: list[Any] = ["XREADGROUP", "GROUP", self._group, self.name, "COUNT", max_messages]
+        command = [*self._read, b"%d" % max_messages]
         block = int(timeout * 1000)
         if block > 0:
-            args += ("BLOCK", block)
-        args += ("STREAMS", self._key, ">")
+            command += (b"BLOCK", b"%d" % block)
+        command += self._streams
         with translate_errors(ERRORS, self._context):
             try:
-                reply = self._client.execute_command(*args)
+                reply = self._backend.read(command)
             except redis.ResponseError as exc:
                 if not is_group_gone(exc):
                     raise
@@ -65,7 +67,7 @@ class RedisConsumer(BackendConsumer):
                 return []
         if not reply:
             return []
-        entries = reply[0][1]  # [[entry id, [field, value, ...]], ...]: unparsed (see RedisBackend)
+        entries = reply[0][1]  # [[entry id, [field, value, ...]], ...]
         deliver = self._delivery
         deliveries = [deliver(entry_id, fields, 1) for entry_id, fields in entries]
         with self._lock:

@@ -1,21 +1,34 @@
-"""Many commands in one write, one reply read per command: how ``publish`` sends its XADDs.
+"""RESP2 written and read here, on redis-py's pooled connections: the hot commands' own path.
 
-redis-py's pipeline runs every argument through a generic encoder and keeps
-per-command bookkeeping: about a third of the client's time for a batch of
-small XADDs. Here the arguments are already bytes, so they are packed
-directly; the connection comes from redis-py's pool and the replies are read
-by redis-py's parser. Nothing is retried: a write whose reply was lost may
-have been applied.
+redis-py runs every argument through a generic encoder, keeps per-command
+bookkeeping, and parses replies one element at a time through several method
+calls: for a batch of small XADDs, or an XREADGROUP reply of a thousand
+entries, that is most of the client's time. Here the arguments (already bytes)
+are packed directly, and replies are parsed from whole buffers by ``Parser``,
+which the asyncio link shares. The connections, their handshake and their
+health stay redis-py's. Nothing here is retried: a write whose reply was lost
+may have been applied.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Sequence
+from typing import Any, Final
 
 import redis
+from redis._parsers import BaseParser
 
 _CRLF = b"\r\n"
 _LARGE = 1 << 14  # longer values are sent as their own buffer, not copied into the batch
+_READ = 1 << 16  # bytes asked of the socket at a time, more for a long bulk string
+_READ_MOST = 1 << 20
+
+INCOMPLETE: Final = object()
+"""What ``Parser.reply`` returns while the next reply has not wholly arrived."""
+
+error = BaseParser.parse_error
+"""An error reply's text as redis-py's exception for it (NOPERM -> NoPermissionError, ...)."""
 
 
 def pack(commands: Iterable[Sequence[bytes]]) -> list[bytes]:
@@ -37,23 +50,142 @@ def pack(commands: Iterable[Sequence[bytes]]) -> list[bytes]:
     return out
 
 
-def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int) -> list[object]:
-    """Write ``chunks`` on one pooled connection; return ``replies`` replies, errors as values."""
+class Parser:
+    """RESP2 replies out of bytes fed as they arrive: bulk strings as bytes, integers as ints,
+    arrays as lists, nil as None, error replies as redis-py exception instances (not raised).
+
+    A reply may arrive in any number of pieces; an array's elements read so far are kept
+    between feeds, and the pieces of a long bulk string are joined once, when all are in.
+    """
+
+    __slots__ = ("_data", "_fed", "_open", "_pieces", "_pos", "needed")
+
+    def __init__(self) -> None:
+        self._data = b""
+        self._pos = 0
+        self._pieces: list[bytes] = []  # fed, not yet joined to _data
+        self._fed = 0  # their length
+        self._open: list[list[Any]] = []  # arrays being read: [elements, count]
+        self.needed = 1
+        """Bytes that must still arrive before ``reply`` can go on (at least)."""
+
+    def feed(self, data: bytes) -> None:
+        self._pieces.append(data)
+        self._fed += len(data)
+
+    def unread(self) -> int:
+        """Bytes fed and not yet part of a reply returned."""
+        return len(self._data) - self._pos + self._fed
+
+    def reply(self) -> Any:
+        """The next whole reply, or INCOMPLETE; raises InvalidResponse on bytes that are not RESP2."""
+        if self._pieces:
+            if self._fed < self.needed:
+                return INCOMPLETE
+            self._data = b"".join([self._data[self._pos :], *self._pieces])
+            self._pos, self._fed = 0, 0
+            self._pieces.clear()
+        try:
+            return self._parse(self._data, self._pos, self._open)
+        except ValueError as exc:  # a length or integer that is not one
+            raise redis.InvalidResponse(f"not a RESP2 reply: {exc}") from None
+
+    def _parse(self, data: bytes, pos: int, stack: list[list[Any]]) -> Any:
+        value: Any
+        while True:
+            end = data.find(_CRLF, pos)
+            if end < 0:
+                return self._short(pos, 1)
+            kind = data[pos]
+            if kind == 36:  # $ bulk string
+                size = int(data[pos + 1 : end])
+                if size < 0:
+                    value, pos = None, end + 2
+                else:
+                    stop = end + 2 + size
+                    if stop + 2 > len(data):
+                        return self._short(pos, stop + 2 - len(data))
+                    value, pos = data[end + 2 : stop], stop + 2
+            elif kind == 42:  # * array
+                count = int(data[pos + 1 : end])
+                pos = end + 2
+                if count > 0:
+                    stack.append([[], count])
+                    continue
+                value = None if count < 0 else []
+            elif kind == 58:  # : integer
+                value, pos = int(data[pos + 1 : end]), end + 2
+            elif kind == 43:  # + simple string
+                value, pos = data[pos + 1 : end], end + 2
+            elif kind == 45:  # - error
+                value, pos = error(data[pos + 1 : end].decode(errors="replace")), end + 2
+            else:
+                raise redis.InvalidResponse(f"not a RESP2 reply: {data[pos : pos + 40]!r}")
+            while stack:  # the value completes an element, perhaps arrays with it
+                top = stack[-1]
+                top[0].append(value)
+                top[1] -= 1
+                if top[1]:
+                    break
+                value = stack.pop()[0]
+            else:
+                self._pos = pos
+                self.needed = 1
+                return value
+
+    def _short(self, pos: int, needed: int) -> Any:
+        self._pos, self.needed = pos, needed
+        return INCOMPLETE
+
+
+def read(sock: socket.socket, count: int) -> list[Any]:
+    """``count`` replies read from ``sock``; connection trouble as redis-py's exceptions."""
+    parser, replies = Parser(), list[Any]()
+    try:
+        while len(replies) < count:
+            reply = parser.reply()
+            if reply is not INCOMPLETE:
+                replies.append(reply)
+                continue
+            data = sock.recv(max(_READ, min(parser.needed, _READ_MOST)))
+            if not data:
+                raise redis.ConnectionError("Connection closed by server.")
+            parser.feed(data)
+    except TimeoutError as exc:  # socket.timeout
+        raise redis.TimeoutError("Timeout reading from socket") from exc
+    except OSError as exc:
+        raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
+    if parser.unread():
+        raise redis.InvalidResponse("Redis sent more than the replies asked for")
+    return replies
+
+
+def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int) -> list[Any]:
+    """Write ``chunks`` on one pooled connection; return ``replies`` replies, errors as values
+    (but raise those that mean the connection is unusable, as redis-py does)."""
     try:
         connection = pool.get_connection()
     except TypeError:  # redis-py 5 names the command
         connection = pool.get_connection("XADD")
     try:
         connection.send_packed_command(chunks, check_health=False)
-        results: list[object] = []
-        for _ in range(replies):
-            try:
-                results.append(connection.read_response())
-            except redis.ResponseError as exc:  # the connection stays in step: read on
-                results.append(exc)
-        return results
+        if connection._sock is None:  # closed by the send: its error was raised already
+            raise redis.ConnectionError("the connection closed")
+        results = read(connection._sock, replies)
     except BaseException:
         connection.disconnect()  # mid-reply: never hand this connection out again
         raise
     finally:
         pool.release(connection)
+    for result in results:
+        if isinstance(result, redis.ConnectionError):
+            raise result
+    return results
+
+
+def call(pool: redis.ConnectionPool, command: Sequence[bytes]) -> Any:
+    """The reply to one command; an error reply raised."""
+    (reply,) = send(pool, pack((command,)), 1)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
