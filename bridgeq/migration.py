@@ -38,10 +38,10 @@ from bridgeq.url import resolve
 from bridgeq.verify import VERIFY_GROUP, VerifyReport, verify_destination
 
 DEFAULT_GROUP = "bridgeq-migrate"
-WINDOW = 4
+WINDOW = 8
 """The in-flight window, in batches: at most ``WINDOW * batch`` messages are handed to the relay and not yet
 recorded, the only ones a crash can duplicate (read and not yet handed over, they are delivered again once)."""
-READ_AHEAD = 8
+READ_AHEAD = 16
 """Batches read and not yet acked (the source subscription's prefetch): more than WINDOW, so a broker that
 counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel."""
 RELAY_AHEAD = 2

@@ -1,10 +1,12 @@
 """A migration's publishing half: batches go out in order, off the thread that reads the source.
 
 The migration hands each batch to a relay with a sequence number; the relay
-publishes the batches in order (all those waiting in one ``publish_batch``,
-so one wait for the destination's confirmations) and reports
-:class:`Published` for each, with its fingerprints if asked, once the
-destination confirmed it, or :class:`Failed`. Consuming and publishing are
+publishes the batches in order (all those waiting as one group, so one wait
+for the destination's confirmations) and reports :class:`Published` for
+each, with its fingerprints if asked, once the destination confirmed it, or
+:class:`Failed`. The next group is begun (``Backend.begin_publish``) before
+the one ahead of it is awaited, so with a destination that confirms
+asynchronously (Kafka) the relay does not sit idle while it confirms. Consuming and publishing are
 both CPU-bound Python, so in one process they share the GIL and the migration
 runs at about ``1/(1/consume + 1/publish)``: :class:`ProcessRelay` publishes
 from a child process, so it can reach the slower of the two. :class:`ThreadRelay`
@@ -16,14 +18,16 @@ starts, talks and ends.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import os
 import pickle
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NamedTuple
 
 from bridgeq import api
@@ -54,20 +58,46 @@ class Published(NamedTuple):
     lines: str
 
 
-def publish_with_retry(broker: api.Broker, topic: str, messages: list[Message], stop: threading.Event) -> None:
-    """Publish, retrying transient faults with backoff (only what was not confirmed); permanent ones raise."""
-    for attempt in range(1, RETRIES + 1):
+def begin_with_retry(
+    broker: api.Broker, topic: str, messages: list[Message], stop: threading.Event
+) -> Callable[[], None]:
+    """Begin publishing (checked first, as ``publish_batch`` does); the function returned waits for the
+    confirmations, retrying what was not confirmed after a transient fault, with backoff."""
+    batch = broker.checked(topic, messages)
+    try:
+        confirm = broker.backend.begin_publish(topic, batch)
+    except (ConnectionLost, PublishError) as exc:
+        return functools.partial(_retry, broker, topic, messages, stop, exc)
+
+    def confirmed() -> None:
+        try:
+            confirm()
+        except (ConnectionLost, PublishError) as exc:
+            _retry(broker, topic, messages, stop, exc)
+        else:
+            broker.meter.count_published(topic, len(batch))
+
+    return confirmed
+
+
+def _retry(
+    broker: api.Broker, topic: str, messages: list[Message], stop: threading.Event, failure: BridgeqError
+) -> None:
+    """Publish again what ``failure`` says was not confirmed, up to RETRIES attempts in all."""
+    for attempt in range(1, RETRIES):
+        if stop.is_set():
+            raise failure
+        if isinstance(failure, PublishError) and failure.message_ids:
+            unconfirmed = set(failure.message_ids)
+            messages = [m for m in messages if m.id in unconfirmed]
+        if stop.wait(min(0.2 * 2**attempt, 5.0)):
+            raise failure
         try:
             broker.publish_batch(topic, messages)
             return
         except (ConnectionLost, PublishError) as exc:
-            if attempt == RETRIES or stop.is_set():
-                raise
-            if isinstance(exc, PublishError) and exc.message_ids:
-                unconfirmed = set(exc.message_ids)
-                messages = [m for m in messages if m.id in unconfirmed]
-            if stop.wait(min(0.2 * 2**attempt, 5.0)):
-                raise
+            failure = exc
+    raise failure
 
 
 class Relay(ABC):
@@ -123,15 +153,16 @@ class ThreadRelay(Relay):
         self._thread.join()
 
     def _run(self) -> None:
-        for items in _groups(self._work):
-            try:
-                messages = [d.to_message() for _, deliveries, _ in items for d in deliveries]
-                publish_with_retry(self._broker, self.topic, messages, self._stop)
+        try:
+            for items in _confirmed_groups(self._work, self._begin):
                 for seq, deliveries, fingerprint in items:
                     self.outcomes.put(Published(seq, *(fingerprint_lines(deliveries) if fingerprint else ([], ""))))
-            except BaseException as exc:
-                self.outcomes.put(Failed(exc))
-                return
+        except BaseException as exc:
+            self.outcomes.put(Failed(exc))
+
+    def _begin(self, items: list[tuple[int, Sequence[Delivery], bool]]) -> Callable[[], None]:
+        messages = [d.to_message() for _, deliveries, _ in items for d in deliveries]
+        return begin_with_retry(self._broker, self.topic, messages, self._stop)
 
 
 class ProcessRelay(Child, Relay):
@@ -183,14 +214,16 @@ def _publish_all(commands: IO[bytes], replies: Replies, broker: api.Broker, topi
     work: queue.SimpleQueue[tuple[int, list[Message], list[str], str] | None] = queue.SimpleQueue()
     stop = threading.Event()
     threading.Thread(target=_watch, args=(commands, work, stop), name="bridgeq-relay-input", daemon=True).start()
-    for items in _groups(work):
-        try:
-            publish_with_retry(broker, topic, [m for _, messages, _, _ in items for m in messages], stop)
-        except BaseException as exc:
-            replies.send((items[0][0], describe(exc)))
-            return
-        for seq, _, digests, lines in items:
-            replies.send((seq, None, digests, lines))
+
+    def begin(items: list[tuple[int, list[Message], list[str], str]]) -> Callable[[], None]:
+        return begin_with_retry(broker, topic, [m for _, messages, _, _ in items for m in messages], stop)
+
+    try:
+        for items in _confirmed_groups(work, begin):
+            for seq, _, digests, lines in items:
+                replies.send((seq, None, digests, lines))
+    except BaseException as exc:
+        replies.send((None, describe(exc)))
 
 
 def _watch(commands: IO[bytes], work: queue.SimpleQueue[Any], stop: threading.Event) -> None:
@@ -216,14 +249,35 @@ def _watch(commands: IO[bytes], work: queue.SimpleQueue[Any], stop: threading.Ev
         os._exit(0)
 
 
-def _groups(work: queue.SimpleQueue[Any]) -> Iterator[list[Any]]:
-    """The batches in ``work``, in order, each time all those already waiting (one publish_batch
-    for all: one wait for the destination's confirmations instead of one per batch), until None."""
-    while (item := work.get()) is not None:
-        items = [item]
-        with contextlib.suppress(queue.Empty):
-            while (item := work.get_nowait()) is not None:
-                items.append(item)
-        yield items
-        if item is None:
-            return
+def _confirmed_groups(
+    work: queue.SimpleQueue[Any], begin: Callable[[list[Any]], Callable[[], None]]
+) -> Iterator[list[Any]]:
+    """The items of ``work`` (until None) in groups, each once the publish ``begin`` started for it is
+    confirmed. A group is all the items waiting when the last was begun (one wait for the destination's
+    confirmations instead of one per batch), and it is begun before the group ahead of it is awaited, so
+    the destination confirms one while the next goes out."""
+    pending: collections.deque[tuple[list[Any], Callable[[], None]]] = collections.deque()
+    ended = False
+    while pending or not ended:
+        items = [] if ended else _waiting(work, block=not pending)
+        if items and items[-1] is None:
+            ended = True
+            items.pop()
+        if items:
+            pending.append((items, begin(items)))
+        if pending and (not items or len(pending) > 1):
+            group, confirm = pending.popleft()
+            confirm()
+            yield group
+
+
+def _waiting(work: queue.SimpleQueue[Any], block: bool) -> list[Any]:
+    """The items in ``work`` (waiting for one if ``block``), up to and with a None."""
+    items = []
+    with contextlib.suppress(queue.Empty):
+        item = work.get(block)
+        items.append(item)
+        while item is not None:
+            item = work.get_nowait()
+            items.append(item)
+    return items

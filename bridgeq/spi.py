@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, NamedTuple
 
 from bridgeq.capabilities import Capabilities
@@ -74,6 +74,14 @@ class Backend(ABC):
         Raises PublishError naming the messages not confirmed. The batch is not
         atomic: messages not named in the error were accepted.
         """
+
+    def begin_publish(self, topic: str, messages: Sequence[Message]) -> Callable[[], None]:
+        """Start :meth:`publish`; the function returned waits for the confirmations, raising as
+        ``publish`` would. Batches begun one after the other are published in that order, so a
+        caller may begin the next batch before the last is confirmed. By default the whole
+        publish happens here; a backend whose client confirms asynchronously splits it."""
+        self.publish(topic, messages)
+        return _confirmed
 
     publishes_async: ClassVar[bool] = False
     """True when :meth:`publish_async` is implemented: the asyncio API then publishes on
@@ -156,3 +164,7 @@ def translate_errors(table: ErrorTable, context: str) -> Iterator[None]:
             if isinstance(exc, client_error):
                 raise bridgeq_error(f"{context}: {type(exc).__name__}: {exc}") from exc
         raise
+
+
+def _confirmed() -> None:
+    """A publish that was confirmed before ``begin_publish`` returned."""

@@ -22,8 +22,10 @@ Headers = list[tuple[str, bytes]]
 class Appender:
     """Adds ``publish``'s records to a producer's accumulator; :meth:`done` once the batch is in.
 
-    It wakes the producer's sender as ``send`` does, when a batch is full or a new one starts,
-    and once more at the end, so that the last batch does not wait for linger_ms.
+    It wakes the producer's sender when a batch starts behind a full one (``send`` wakes it for
+    every record while the full one waits: each wake hands the GIL over, costing this thread as
+    much as the append), and once more at the end, so that the last batch does not wait for
+    linger_ms.
     """
 
     def __init__(self, producer: KafkaProducer) -> None:
@@ -43,8 +45,8 @@ class Appender:
     def add(self, tp: TopicPartition, key: bytes | None, value: bytes, headers: Headers) -> Any:
         """Add one record; its future."""
         future, batch_full, batch_new, _ = self._append(tp, None, key, value, headers)
-        if batch_full or batch_new:
-            self._wakeup()  # a full batch can go now
+        if batch_new and batch_full:
+            self._wakeup()  # the batch before it is full and can go now
         return future
 
     def done(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import threading
 import time
@@ -221,6 +222,11 @@ class KafkaBackend(Backend):
     # -- publishing ------------------------------------------------------------------------
 
     def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        self.begin_publish(topic, messages)()
+
+    def begin_publish(self, topic: str, messages: Sequence[Message]) -> Callable[[], None]:
+        """Add the records to the producer's batches (the sender takes them from there); the function
+        returned waits for their confirmations."""
         name = self._name(topic)
         producer = self._get_producer()
         if name not in self._known:
@@ -264,6 +270,12 @@ class KafkaBackend(Backend):
         finally:
             if appender is not None:
                 appender.done()  # what was added goes now, sent or not the rest
+        return functools.partial(self._confirm, topic, messages, futures, unsent)
+
+    def _confirm(
+        self, topic: str, messages: Sequence[Message], futures: list[Any], unsent: BaseException | None
+    ) -> None:
+        """Wait for the records' futures; PublishError naming the messages not confirmed (or never sent)."""
         wait = (self._options.timeout_ms + self._options.linger_ms) / 1000 + 5
         failed: list[str] = [m.id for m in messages[len(futures) :]]
         cause: BaseException | None = unsent
