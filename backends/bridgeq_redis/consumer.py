@@ -16,6 +16,7 @@ import redis
 from bridgeq.message import EMPTY_HEADERS
 from bridgeq.spi import BackendConsumer, Delivery, translate_errors
 
+from . import entries
 from .errors import ERRORS, is_group_gone
 from .scripts import REQUEUED_IDLE_MS
 
@@ -33,7 +34,6 @@ class RedisConsumer(BackendConsumer):
 
     def __init__(self, backend: RedisBackend, topic: str, group: str) -> None:
         self._backend = backend
-        self._client = backend.client
         self._topic, self._group = topic, group
         self._key = backend.key(topic)
         self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -42,8 +42,10 @@ class RedisConsumer(BackendConsumer):
         self._next_sweep = 0.0
         self._closed = False
         self._context = f"reading {topic!r} as {group!r}"
+        self._stream_group = (self._key.encode(), group.encode())
         self._read = [b"XREADGROUP", b"GROUP", group.encode(), self.name.encode(), b"COUNT"]
-        self._streams = (b"STREAMS", self._key.encode(), b">")
+        self._streams = (b"STREAMS", self._stream_group[0], b">")
+        self._entries = entries.shortcut(backend.body_field)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         now = time.monotonic()
@@ -59,7 +61,7 @@ class RedisConsumer(BackendConsumer):
         command += self._streams
         with translate_errors(ERRORS, self._context):
             try:
-                reply = self._backend.read(command)
+                reply = self._backend.call(command, self._entries)
             except redis.ResponseError as exc:
                 if not is_group_gone(exc):
                     raise
@@ -67,11 +69,16 @@ class RedisConsumer(BackendConsumer):
                 return []
         if not reply:
             return []
-        entries = reply[0][1]  # [[entry id, [field, value, ...]], ...]
-        deliver = self._delivery
-        deliveries = [deliver(entry_id, fields, 1) for entry_id, fields in entries]
+        rows = reply[0][1]  # [(entry id, id, body) in bridgeq's layout, or [entry id, [field, value, ...]]]
+        deliver, topic, group = self._delivery, self._topic, self._group
+        deliveries = [
+            Delivery(entry[1].decode(errors="replace"), entry[2], EMPTY_HEADERS, None, topic, group, 1, entry[0])
+            if type(entry) is tuple
+            else deliver(entry[0], entry[1], 1)
+            for entry in rows
+        ]
         with self._lock:
-            self._held.update([entry[0] for entry in entries])
+            self._held.update([entry[0] for entry in rows])
         return deliveries
 
     def _sweep(self, max_messages: int) -> list[Delivery]:
@@ -136,7 +143,7 @@ class RedisConsumer(BackendConsumer):
         with self._lock:  # even if XACK fails: unrenewed, they will be claimed and redelivered
             self._held.difference_update(ids)
         with translate_errors(ERRORS, f"acking {len(ids)} message(s) of {self._topic!r} for {self._group!r}"):
-            self._client.execute_command("XACK", self._key, self._group, *ids)
+            self._backend.call([b"XACK", *self._stream_group, *ids])
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         ids = [d.token for d in deliveries]

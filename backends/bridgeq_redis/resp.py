@@ -13,7 +13,7 @@ may have been applied.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import redis
@@ -50,22 +50,28 @@ def pack(commands: Iterable[Sequence[bytes]]) -> list[bytes]:
     return out
 
 
+Shortcut = Callable[[bytes, int], "tuple[Any, int] | None"]
+"""Reads, at an array's start, a value of a shape its caller knows well: (value, where it ends), or None."""
+
+
 class Parser:
     """RESP2 replies out of bytes fed as they arrive: bulk strings as bytes, integers as ints,
     arrays as lists, nil as None, error replies as redis-py exception instances (not raised).
 
     A reply may arrive in any number of pieces; an array's elements read so far are kept
     between feeds, and the pieces of a long bulk string are joined once, when all are in.
+    A ``shortcut`` is tried at each array: what it reads stands for the array.
     """
 
-    __slots__ = ("_data", "_fed", "_open", "_pieces", "_pos", "needed")
+    __slots__ = ("_data", "_fed", "_open", "_pieces", "_pos", "_shortcut", "needed")
 
-    def __init__(self) -> None:
+    def __init__(self, shortcut: Shortcut | None = None) -> None:
         self._data = b""
         self._pos = 0
         self._pieces: list[bytes] = []  # fed, not yet joined to _data
         self._fed = 0  # their length
-        self._open: list[list[Any]] = []  # arrays being read: [elements, count]
+        self._open: list[tuple[list[Any], int]] = []  # arrays being read: elements so far, elements left
+        self._shortcut = shortcut
         self.needed = 1
         """Bytes that must still arrive before ``reply`` can go on (at least)."""
 
@@ -86,16 +92,18 @@ class Parser:
             self._pos, self._fed = 0, 0
             self._pieces.clear()
         try:
-            return self._parse(self._data, self._pos, self._open)
+            return self._parse(self._data, self._pos)
         except ValueError as exc:  # a length or integer that is not one
             raise redis.InvalidResponse(f"not a RESP2 reply: {exc}") from None
 
-    def _parse(self, data: bytes, pos: int, stack: list[list[Any]]) -> Any:
+    def _parse(self, data: bytes, pos: int) -> Any:
+        outer, shortcut = self._open, self._shortcut
+        items, left = outer.pop() if outer else (None, 0)  # the innermost array open, if any
         value: Any
         while True:
             end = data.find(_CRLF, pos)
             if end < 0:
-                return self._short(pos, 1)
+                return self._short(pos, 1, items, left)
             kind = data[pos]
             if kind == 36:  # $ bulk string
                 size = int(data[pos + 1 : end])
@@ -104,15 +112,20 @@ class Parser:
                 else:
                     stop = end + 2 + size
                     if stop + 2 > len(data):
-                        return self._short(pos, stop + 2 - len(data))
+                        return self._short(pos, stop + 2 - len(data), items, left)
                     value, pos = data[end + 2 : stop], stop + 2
             elif kind == 42:  # * array
-                count = int(data[pos + 1 : end])
-                pos = end + 2
-                if count > 0:
-                    stack.append([[], count])
-                    continue
-                value = None if count < 0 else []
+                if shortcut is not None and (read := shortcut(data, pos)) is not None:
+                    value, pos = read
+                else:
+                    count = int(data[pos + 1 : end])
+                    pos = end + 2
+                    if count > 0:
+                        if items is not None:
+                            outer.append((items, left))
+                        items, left = [], count
+                        continue
+                    value = None if count < 0 else []
             elif kind == 58:  # : integer
                 value, pos = int(data[pos + 1 : end]), end + 2
             elif kind == 43:  # + simple string
@@ -121,26 +134,27 @@ class Parser:
                 value, pos = error(data[pos + 1 : end].decode(errors="replace")), end + 2
             else:
                 raise redis.InvalidResponse(f"not a RESP2 reply: {data[pos : pos + 40]!r}")
-            while stack:  # the value completes an element, perhaps arrays with it
-                top = stack[-1]
-                top[0].append(value)
-                top[1] -= 1
-                if top[1]:
+            while items is not None:  # the value is an element: perhaps the last of arrays
+                items.append(value)
+                left -= 1
+                if left:
                     break
-                value = stack.pop()[0]
+                value = items
+                items, left = outer.pop() if outer else (None, 0)
             else:
-                self._pos = pos
-                self.needed = 1
+                self._pos, self.needed = pos, 1
                 return value
 
-    def _short(self, pos: int, needed: int) -> Any:
+    def _short(self, pos: int, needed: int, items: list[Any] | None, left: int) -> Any:
+        if items is not None:
+            self._open.append((items, left))
         self._pos, self.needed = pos, needed
         return INCOMPLETE
 
 
-def read(sock: socket.socket, count: int) -> list[Any]:
+def read(sock: socket.socket, count: int, shortcut: Shortcut | None = None) -> list[Any]:
     """``count`` replies read from ``sock``; connection trouble as redis-py's exceptions."""
-    parser, replies = Parser(), list[Any]()
+    parser, replies = Parser(shortcut), list[Any]()
     try:
         while len(replies) < count:
             reply = parser.reply()
@@ -160,7 +174,7 @@ def read(sock: socket.socket, count: int) -> list[Any]:
     return replies
 
 
-def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int) -> list[Any]:
+def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int, shortcut: Shortcut | None = None) -> list[Any]:
     """Write ``chunks`` on one pooled connection; return ``replies`` replies, errors as values
     (but raise those that mean the connection is unusable, as redis-py does)."""
     try:
@@ -171,7 +185,7 @@ def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int) -> list[
         connection.send_packed_command(chunks, check_health=False)
         if connection._sock is None:  # closed by the send: its error was raised already
             raise redis.ConnectionError("the connection closed")
-        results = read(connection._sock, replies)
+        results = read(connection._sock, replies, shortcut)
     except BaseException:
         connection.disconnect()  # mid-reply: never hand this connection out again
         raise
@@ -183,9 +197,9 @@ def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int) -> list[
     return results
 
 
-def call(pool: redis.ConnectionPool, command: Sequence[bytes]) -> Any:
+def call(pool: redis.ConnectionPool, command: Sequence[bytes], shortcut: Shortcut | None = None) -> Any:
     """The reply to one command; an error reply raised."""
-    (reply,) = send(pool, pack((command,)), 1)
+    (reply,) = send(pool, pack((command,)), 1, shortcut)
     if isinstance(reply, Exception):
         raise reply
     return reply
