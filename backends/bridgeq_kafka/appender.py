@@ -1,54 +1,120 @@
-"""Records straight into a KafkaProducer's accumulator, for publish's batches.
+"""Records straight into a KafkaProducer's batches, for publish's runs of records.
 
 ``KafkaProducer.send`` checks and computes, for every record, what ``publish``
 has settled once for the whole batch: bytes values and headers, the topic's
 metadata, the partition, the size against the broker's limit (the core refuses
-larger messages before anything is sent). What is left of ``send`` is adding the
-record to the accumulator and waking the sender: this does that, and nothing
-else. It is kafka-python's internals, so the extra pins kafka-python's minor
-version; with a producer without them (or a transactional one) ``publish``
-sends through ``send``.
+larger messages before anything is sent). Its accumulator then takes a lock and
+makes a future for every record, whose result ``publish`` only needs per batch.
+Here a run of records bound for one partition goes into that partition's
+batches under one lock per batch, and each record is answered with the batch
+it went into: the batch's own future confirms it. The batches are kafka-python's
+own, made as its accumulator makes them, so its sender drains, retries and
+expires them as usual. It is kafka-python's internals, so the extra pins
+kafka-python's minor version; a producer without them (or a transactional one)
+publishes through ``send``.
+
+One difference: a batch the broker refuses as too large is split by kafka-python
+and its halves confirm only per-record futures, which these records do not
+have. Their publish then ends with a timeout error (at-least-once: the records
+are sent again) instead of a confirmation. Batches are at most ``batch_size``
+(64 KiB by default), far below the broker's ``message.max.bytes``, so only a
+topic whose ``max.message.bytes`` is set below ``batch_size`` can see it.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
+import kafka.errors as kx
 from kafka import KafkaProducer, TopicPartition
+from kafka.producer.producer_batch import ProducerBatch
+from kafka.record.memory_records import MemoryRecordsBuilder
 
 Headers = list[tuple[str, bytes]]
+Record = tuple[bytes | None, bytes, Headers]
+"""Key, value and headers of a record."""
 
 
 class Appender:
-    """Adds ``publish``'s records to a producer's accumulator; :meth:`done` once the batch is in.
+    """Adds ``publish``'s records to a producer's batches; :meth:`done` once they are all in.
 
     It wakes the producer's sender when a batch starts behind a full one (``send`` wakes it for
-    every record while the full one waits: each wake hands the GIL over, costing this thread as
-    much as the append), and once more at the end, so that the last batch does not wait for
-    linger_ms.
+    every record while the full one waits: each wake hands the GIL over), and once more at the
+    end, so that the last batch does not wait for linger_ms.
     """
 
     def __init__(self, producer: KafkaProducer) -> None:
-        self._append = producer._accumulator.append
+        self._accumulator = accumulator = producer._accumulator
         self._wakeup = producer._sender.wakeup
+        config = accumulator.config
+        self._builder = (config["message_version"], config["compression_attrs"], config["batch_size"])
 
     @staticmethod
     def usable(producer: KafkaProducer) -> bool:
         """Whether ``producer`` has the internals this needs (and is not transactional)."""
         transactions = getattr(producer, "_transaction_manager", None)
+        accumulator = getattr(producer, "_accumulator", None)
         return (
-            hasattr(producer, "_accumulator")
+            accumulator is not None
+            and hasattr(accumulator, "_batches")
             and hasattr(producer, "_sender")
             and (transactions is None or not transactions.is_transactional())
         )
 
-    def add(self, tp: TopicPartition, key: bytes | None, value: bytes, headers: Headers) -> Any:
-        """Add one record; its future."""
-        future, batch_full, batch_new, _ = self._append(tp, None, key, value, headers)
-        if batch_new and batch_full:
-            self._wakeup()  # the batch before it is full and can go now
-        return future
+    def add(self, tp: TopicPartition, records: Sequence[Record], timestamp_ms: int) -> list[ProducerBatch]:
+        """Add ``records`` in order to the batches of ``tp``; the batch each went into."""
+        accumulator, homes = self._accumulator, list[ProducerBatch]()
+        home = homes.append
+        rest = iter(records)
+        record = next(rest, None)
+        accumulator._appends_in_progress.increment()  # as accumulator.append does: abort waits for it
+        try:
+            while record is not None:
+                with accumulator._tp_lock(tp):
+                    if accumulator._closed:
+                        raise kx.IllegalStateError("the producer is closed")
+                    batches = accumulator._batches[tp]
+                    if batches:
+                        batch = batches[-1]
+                        append = batch.records.append
+                        while record is not None and append(timestamp_ms, *record) is not None:
+                            home(batch)
+                            record = next(rest, None)
+                        if record is None:
+                            break
+                    batch = ProducerBatch(tp, MemoryRecordsBuilder(*self._builder), time.monotonic())
+                    batch.records.append(timestamp_ms, *record)  # a batch's first record always fits
+                    batches.append(batch)
+                    accumulator._incomplete.add(batch)
+                    home(batch)
+                    record = next(rest, None)
+                    behind = len(batches) > 1
+                if behind:
+                    self._wakeup()  # the batch before it is full and can go now
+        finally:
+            accumulator._appends_in_progress.decrement()
+        return homes
 
     def done(self) -> None:
         """The last batch goes now, without waiting for linger_ms."""
         self._wakeup()
+
+
+def outcome(home: Any, wait: float) -> BaseException | None:
+    """What became of a record: None once confirmed, else why not (waiting at most ``wait`` seconds).
+    ``home`` is its batch (from :meth:`Appender.add`) or its future (from ``send``)."""
+    if type(home) is not ProducerBatch:
+        try:
+            home.get(timeout=wait)
+        except Exception as exc:
+            return exc
+        return None
+    future = home.produce_future
+    if not future.is_done and not future.wait(wait):
+        return kx.KafkaTimeoutError(f"no confirmation of a batch for {home.topic_partition} in {wait:.0f} s")
+    if future.failed():
+        return future.exception
+    record_errors = future.value[2]
+    return None if record_errors is None else record_errors(0)

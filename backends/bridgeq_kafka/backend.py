@@ -24,7 +24,7 @@ from kafka.structs import OffsetAndMetadata
 from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
-from bridgeq_kafka.appender import Appender
+from bridgeq_kafka.appender import Appender, Record, outcome
 from bridgeq_kafka.config import client_config, raise_if_certificate_refused
 from bridgeq_kafka.consumer import KafkaMember
 from bridgeq_kafka.errors import ERRORS, REBALANCING
@@ -232,18 +232,18 @@ class KafkaBackend(Backend):
         if name not in self._known:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 self._ensure_topic(name)
-        futures: list[Any] = []  # one per record sent; None once confirmed and let go (see _let_go)
+        homes: list[Any] = []  # per record handed over: its batch (appender) or its future (send)
         unsent: BridgeqError | None = None
-        send, sent, confirmed = producer.send, futures.append, 0
-        runs, run = self._partitioner, RunPartitioner.RUN
-        appender = self._appender
+        appender, runs, run_length = self._appender, self._partitioner, RunPartitioner.RUN
         try:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 ordered = sorted(producer.partitions_for(name))  # waits for the topic's metadata if new
                 cluster = producer._metadata  # kafka-python's view of the cluster (pinned minor version)
-                add, large = appender and appender.add, self._options.batch_size  # larger ones get send()'s checks
+                large = self._options.batch_size if appender is not None else 0  # these get send()'s checks
                 tps = {p: TopicPartition(name, p) for p in ordered}
-                partition, left = 0, 0
+                now_ms = int(time.time() * 1000)
+                run: list[Record] = []  # records for run_partition, not yet handed over
+                run_partition, keyless, left, confirmed = -1, 0, 0, 0
                 for message in messages:
                     headers = [(ID_HEADER, message.id.encode())]
                     if message.headers:
@@ -254,39 +254,43 @@ class KafkaBackend(Backend):
                         chosen = runs.keyed(serialized, ordered)
                     else:
                         if not left:
-                            partition, left = runs.next_run(name, cluster), run
+                            keyless, left = runs.next_run(name, cluster), run_length
                         left -= 1
-                        chosen = partition
-                    if add and len(body) < large:
-                        sent(add(tps[chosen], serialized, body, headers))
-                    else:
-                        sent(send(name, body, serialized, headers, chosen))
-                    if not len(futures) % LET_GO_EVERY:
-                        confirmed = _let_go(futures, confirmed)
+                        chosen = keyless
+                    if chosen != run_partition or len(body) >= large:
+                        if run:
+                            homes += appender.add(tps[run_partition], run, now_ms)  # type: ignore[union-attr]
+                            run = []
+                        run_partition = chosen
+                        if len(body) >= large:
+                            homes.append(producer.send(name, body, serialized, headers, chosen))
+                            if not len(homes) % LET_GO_EVERY:
+                                confirmed = _let_go(homes, confirmed)
+                            continue
+                    run.append((serialized, body, headers))
+                if run:
+                    homes += appender.add(tps[run_partition], run, now_ms)  # type: ignore[union-attr]
         except BridgeqError as exc:
-            if not futures:
+            if not homes:
                 raise
             unsent = exc
         finally:
             if appender is not None:
                 appender.done()  # what was added goes now, sent or not the rest
-        return functools.partial(self._confirm, topic, messages, futures, unsent)
+        return functools.partial(self._confirm, topic, messages, homes, unsent)
 
-    def _confirm(
-        self, topic: str, messages: Sequence[Message], futures: list[Any], unsent: BaseException | None
-    ) -> None:
-        """Wait for the records' futures; PublishError naming the messages not confirmed (or never sent)."""
+    def _confirm(self, topic: str, messages: Sequence[Message], homes: list[Any], unsent: BaseException | None) -> None:
+        """Wait for the records' batches or futures; PublishError naming the messages not confirmed (or never sent)."""
         wait = (self._options.timeout_ms + self._options.linger_ms) / 1000 + 5
-        failed: list[str] = [m.id for m in messages[len(futures) :]]
+        failed: list[str] = [m.id for m in messages[len(homes) :]]
         cause: BaseException | None = unsent
-        for message, future in zip(messages, futures, strict=False):
-            if future is None or (future.is_done and future.exception is None):  # no get() for each
-                continue
-            try:
-                future.get(timeout=wait)
-            except Exception as exc:
+        last, error = None, None
+        for message, home in zip(messages, homes, strict=False):
+            if home is not last:
+                last, error = home, None if home is None else outcome(home, wait)
+            if error is not None:
                 failed.append(message.id)
-                cause = cause or exc
+                cause = cause or error
         if failed:
             raise PublishError(
                 f"publishing to {topic!r}: {len(failed)} of {len(messages)} message(s) not confirmed: "
@@ -403,7 +407,7 @@ class RunPartitioner(Partitioner):
 
 
 LET_GO_EVERY = 1024
-"""Records sent between two passes of :func:`_let_go` in a big publish."""
+"""Records sent through ``send`` between two passes of :func:`_let_go` in a big publish."""
 
 
 def _let_go(futures: list[Any], start: int) -> int:
