@@ -14,6 +14,7 @@ the password scrubbed from their text.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -35,6 +36,9 @@ EXIT_GRACE = 2.0
 """How long a child may finish its work once its stdin closed; then it exits regardless."""
 PIPE_SIZE = 1 << 20
 """The pipe buffer asked for (Linux): a window of batches fits, so neither side waits on writes."""
+CHILD_GC_THRESHOLDS = (50_000, 20, 100)
+"""A child makes a few short-lived objects per message, none in cycles to speak of: collecting the young
+generation every 50,000 allocations instead of Python's 700 saves it about 0.5 us per message."""
 
 LENGTH = struct.Struct(">Q")
 READY = -1  # a child's first reply: (READY, None) once connected, or (READY, failure)
@@ -263,6 +267,8 @@ def run_child(open_: Callable[[tuple[Any, ...]], T], serve: Callable[[IO[bytes],
             replies.send((READY, describe(exc)))
             return
         replies.send((READY, None))
+        gc.freeze()  # what the setup made lives as long as the process: no collection need look at it
+        gc.set_threshold(*CHILD_GC_THRESHOLDS)
         serve(commands, replies, opened)
     except BaseException:
         pass  # the parent has gone (broken pipe) or learnt the error already
