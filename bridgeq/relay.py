@@ -6,11 +6,12 @@ for the destination's confirmations) and reports :class:`Published` for
 each, with its fingerprints if asked, once the destination confirmed it, or
 :class:`Failed`. The next group is begun (``Backend.begin_publish``) before
 the one ahead of it is awaited, so with a destination that confirms
-asynchronously (Kafka) the relay does not sit idle while it confirms. Consuming and publishing are
-both CPU-bound Python, so in one process they share the GIL and the migration
-runs at about ``1/(1/consume + 1/publish)``: :class:`ProcessRelay` publishes
-from a child process, so it can reach the slower of the two. :class:`ThreadRelay`
-publishes from a thread, for ``memory://`` (which lives inside one process).
+asynchronously (Kafka) the relay does not sit idle while it confirms.
+Consuming and publishing are both CPU-bound Python, so in one process they
+share the GIL and the migration runs at about ``1/(1/consume + 1/publish)``:
+:class:`ProcessRelay` publishes from a child process, so it can reach the
+slower of the two. :class:`ThreadRelay` publishes from a thread, for
+``memory://`` (which lives inside one process).
 
 The child process is a :class:`bridgeq.child.Child`; see that module for how it
 starts, talks and ends.
