@@ -85,7 +85,8 @@ class Appender:
                         if record is None:
                             break
                     batch = ProducerBatch(tp, MemoryRecordsBuilder(*self._builder), time.monotonic())
-                    batch.records.append(timestamp_ms, *record)  # a batch's first record always fits
+                    if batch.records.append(timestamp_ms, *record) is None:  # a first record always fits
+                        raise kx.IllegalStateError(f"a record did not fit an empty batch for {tp}")
                     batches.append(batch)
                     accumulator._incomplete.add(batch)
                     home(batch)
