@@ -124,6 +124,6 @@ def _parse_host(part: str, echo: bool) -> Host:
         raise ConfigError(f"broker URL has an invalid host name{shown}")
     if not has_port:
         return Host(name, None)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:  # not '²' nor '٣'
         raise ConfigError(f"broker URL host{shown} has an invalid port (must be 1-65535)")
     return Host(name, int(port_text))

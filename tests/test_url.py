@@ -75,6 +75,8 @@ BAD = [
     "redis://[::1]x",
     "redis://host?a",
     "redis://h$st",
+    "redis://host:6379\u00b2",  # str.isdigit() says yes, int() says no
+    "redis://host:\u0663",  # an Arabic-Indic digit: int() reads it, a port it is not
 ]
 
 

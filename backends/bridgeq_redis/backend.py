@@ -82,7 +82,7 @@ class RedisBackend(Backend):
             raise ConfigError(f"{url.scheme}:// takes one host (no Cluster or Sentinel support)")
         host = url.hosts[0] if url.hosts else None
         path = url.path.strip("/")
-        if path and not path.isdigit():
+        if path and not (path.isascii() and path.isdigit()):
             raise ConfigError(f"{url.scheme}:// path must be a database number like /0, got {path[:20]!r}")
         params: dict[str, Any] = {
             "host": host.name if host else "localhost",

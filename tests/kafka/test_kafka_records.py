@@ -6,10 +6,11 @@ them: what the lean path must skip, keep, and step over exactly as kafka-python 
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bridgeq.testing.support import collect
 from bridgeq_kafka.records import LeanRecord, install, lean
@@ -34,6 +35,7 @@ def _fill_with_transactions(settings: dict[str, Any], topic: str) -> None:
         tx.send(topic, b"aborted", key=b"k")
         tx.flush()  # written to the log, then aborted (unflushed records would just be dropped)
         tx.abort_transaction()
+        _wait_for_log_end(settings, topic, 7)  # the coordinator writes the abort marker after abort returns
         gzipped.send(topic, b"gzipped-1", key=b"k", headers=[("h", b"\xff" * 300)])
         gzipped.send(topic, b"gzipped-2" * 1000, key=b"k").get(10)
         plain.send(topic, b"after", key=b"k").get(10)
@@ -41,6 +43,19 @@ def _fill_with_transactions(settings: dict[str, Any], topic: str) -> None:
         tx.close()
         gzipped.close()
         plain.close()
+
+
+def _wait_for_log_end(settings: dict[str, Any], topic: str, offsets: int) -> None:
+    """Until the topic's log holds ``offsets`` offsets (records and transaction markers)."""
+    consumer = KafkaConsumer(**settings)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        deadline = time.monotonic() + 15
+        while sum(consumer.end_offsets(partitions).values()) < offsets:
+            assert time.monotonic() < deadline, "the abort marker never reached the log"
+            time.sleep(0.05)
+    finally:
+        consumer.close()
 
 
 def _read_all(settings: dict[str, Any], topic: str, lean_path: bool, **config: Any) -> list[LeanRecord]:

@@ -271,6 +271,7 @@ def test_url_options_reach_the_backend(redis_url) -> None:
     [
         ("redis://h1,h2", "one host"),
         ("redis://localhost/x", "database number"),
+        ("redis://localhost/\u00b2", "database number"),
         ("redis://localhost?maxlen=10&max_age_ms=10", "exclude"),
         ("redis://localhost?tls_insecure=true", "rediss"),
         ("redis://localhost?body_field=key", "different"),
