@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from bridgeq import wire
 from bridgeq.capabilities import Capabilities
@@ -76,11 +76,25 @@ class Broker:
         Every message is checked before any is sent. Not atomic: on PublishError the
         messages it does not name were accepted.
         """
+        return self.begin_batch(topic, messages)()
+
+    def begin_batch(self, topic: str, messages: Iterable[Message | Body]) -> Callable[[], list[str]]:
+        """:meth:`publish_batch` in two steps: check the messages and hand them to the broker now; the
+        function returned waits until the broker accepted all and returns their ids (or raises as
+        ``publish_batch`` does). Batches begun one after the other keep that order, so the next may
+        be begun while the broker still confirms this one (Kafka sends meanwhile; others confirm here).
+        """
         batch = self.checked(topic, messages)
-        if batch:
-            self.backend.publish(topic, batch)
+        if not batch:
+            return _no_ids
+        confirm = self.backend.begin_publish(topic, batch)
+
+        def confirmed() -> list[str]:
+            confirm()
             self.meter.count_published(topic, len(batch))
-        return [m.id for m in batch]
+            return [m.id for m in batch]
+
+        return confirmed
 
     def checked(self, topic: str, messages: Iterable[Message | Body]) -> list[Message]:
         """``messages`` as :class:`Message` objects, ready to send to ``topic``.
@@ -221,3 +235,8 @@ def _as_message(item: object) -> Message:
     if isinstance(item, Message):
         return item
     return Message(item)  # type: ignore[arg-type]
+
+
+def _no_ids() -> list[str]:
+    """An empty batch, confirmed at once."""
+    return []

@@ -62,11 +62,10 @@ class Published(NamedTuple):
 def begin_with_retry(
     broker: api.Broker, topic: str, messages: list[Message], stop: threading.Event
 ) -> Callable[[], None]:
-    """Begin publishing (checked first, as ``publish_batch`` does); the function returned waits for the
-    confirmations, retrying what was not confirmed after a transient fault, with backoff."""
-    batch = broker.checked(topic, messages)
+    """:meth:`~bridgeq.api.Broker.begin_batch`; the function returned waits for the confirmations,
+    retrying what was not confirmed after a transient fault, with backoff."""
     try:
-        confirm = broker.backend.begin_publish(topic, batch)
+        confirm = broker.begin_batch(topic, messages)
     except (ConnectionLost, PublishError) as exc:
         return functools.partial(_retry, broker, topic, messages, stop, exc)
 
@@ -75,8 +74,6 @@ def begin_with_retry(
             confirm()
         except (ConnectionLost, PublishError) as exc:
             _retry(broker, topic, messages, stop, exc)
-        else:
-            broker.meter.count_published(topic, len(batch))
 
     return confirmed
 

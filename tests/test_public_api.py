@@ -47,7 +47,7 @@ def test_error_tree():
 
 
 def test_broker_methods_are_the_pinned_ones():
-    for name in ("declare", "publish", "publish_batch", "subscribe", "depth", "capabilities", "close"):
+    for name in ("declare", "publish", "publish_batch", "begin_batch", "subscribe", "depth", "capabilities", "close"):
         assert hasattr(bridgeq.Broker, name)
     for name in ("receive", "receive_batch", "__iter__", "run", "close", "ack", "nack"):
         assert hasattr(bridgeq.Subscription, name)

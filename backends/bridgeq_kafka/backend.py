@@ -244,6 +244,13 @@ class KafkaBackend(Backend):
                 now_ms = int(time.time() * 1000)
                 run: list[Record] = []  # records for run_partition, not yet handed over
                 run_partition, keyless, left, confirmed = -1, 0, 0, 0
+
+                def hand_over() -> None:
+                    """The run, to the appender (only ever filled when there is one)."""
+                    if run:
+                        homes.extend(appender.add(tps[run_partition], run, now_ms))  # type: ignore[union-attr]
+                        run.clear()
+
                 for message in messages:
                     headers = [(ID_HEADER, message.id.encode())]
                     if message.headers:
@@ -257,19 +264,17 @@ class KafkaBackend(Backend):
                             keyless, left = runs.next_run(name, cluster), run_length
                         left -= 1
                         chosen = keyless
-                    if chosen != run_partition or len(body) >= large:
-                        if run:
-                            homes += appender.add(tps[run_partition], run, now_ms)  # type: ignore[union-attr]
-                            run = []
+                    if chosen != run_partition:
+                        hand_over()
                         run_partition = chosen
-                        if len(body) >= large:
-                            homes.append(producer.send(name, body, serialized, headers, chosen))
-                            if not len(homes) % LET_GO_EVERY:
-                                confirmed = _let_go(homes, confirmed)
-                            continue
-                    run.append((serialized, body, headers))
-                if run:
-                    homes += appender.add(tps[run_partition], run, now_ms)  # type: ignore[union-attr]
+                    if len(body) < large:
+                        run.append((serialized, body, headers))
+                        continue
+                    hand_over()  # what came before it goes first
+                    homes.append(producer.send(name, body, serialized, headers, chosen))
+                    if not len(homes) % LET_GO_EVERY:
+                        confirmed = _let_go(homes, confirmed)
+                hand_over()
         except BridgeqError as exc:
             if not homes:
                 raise

@@ -9,12 +9,13 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
 from bridgeq.message import EMPTY_HEADERS
 from bridgeq.spi import BackendConsumer, Delivery, translate_errors
+from bridgeq.wire import ID_HEADER
 
 from . import entries
 from .errors import ERRORS, is_group_gone
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bridgeq.redis")
 
 CLAIM_BATCH = 1000
-_ID = b"ce_id"
+_ID = ID_HEADER.encode()
 
 
 class RedisConsumer(BackendConsumer):
@@ -100,26 +101,21 @@ class RedisConsumer(BackendConsumer):
         return deliveries
 
     def _delivery(self, entry_id: bytes, fields: list[bytes], attempt: int) -> Delivery:
-        """A Delivery from an entry's flat field list (see the package docstring for the layout)."""
-        body_field = self._backend.body_field
-        if len(fields) == 4 and fields[0] == _ID and fields[2] == body_field:  # what bridgeq writes
-            mid: bytes | None = fields[1]
-            body: bytes = fields[3]
-            key = None
-            headers: Any = EMPTY_HEADERS
-        else:
-            mid, body, key, headers = None, b"", None, {}
-            key_field = self._backend.key_field
-            pairs = iter(fields)
-            for name, value in zip(pairs, pairs, strict=True):
-                if name == _ID:
-                    mid = value
-                elif name == body_field:
-                    body = value
-                elif name == key_field:
-                    key = value.decode(errors="replace")
-                else:
-                    headers[name.decode(errors="replace")] = value.decode(errors="replace")
+        """A Delivery from an entry's flat field list (see the package docstring for the layout); entries
+        in bridgeq's own layout mostly come read already (``entries.shortcut``), and are built in fetch."""
+        body_field, key_field = self._backend.body_field, self._backend.key_field
+        mid: bytes | None = None
+        body, key, headers = b"", None, {}
+        pairs = iter(fields)
+        for name, value in zip(pairs, pairs, strict=True):
+            if name == _ID:
+                mid = value
+            elif name == body_field:
+                body = value
+            elif name == key_field:
+                key = value.decode(errors="replace")
+            else:
+                headers[name.decode(errors="replace")] = value.decode(errors="replace")
         return Delivery(
             f"{self._key}-{entry_id.decode()}" if mid is None else mid.decode(errors="replace"),
             body,

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import re
 
+from bridgeq.wire import ID_HEADER
+
 from .resp import Shortcut
 
 Entry = tuple[bytes, bytes, bytes]
 """(entry id, message id, body) of an entry with exactly the fields ce_id and the body field."""
 
-_HEAD = re.compile(rb"\*2\r\n\$\d+\r\n(\d+-\d+)\r\n\*4\r\n\$5\r\nce_id\r\n\$(\d+)\r\n")
+
+def _bulk(text: bytes) -> bytes:
+    """The pattern of one RESP bulk string holding exactly ``text``."""
+    return re.escape(b"$%d\r\n%s\r\n" % (len(text), text))
+
+
+_HEAD = re.compile(rb"\*2\r\n\$\d+\r\n(\d+-\d+)\r\n\*4\r\n" + _bulk(ID_HEADER.encode()) + rb"\$(\d+)\r\n")
 
 
 def shortcut(body_field: bytes) -> Shortcut:
     """The :class:`~.resp.Parser` shortcut for entries whose body is in ``body_field``."""
     head = _HEAD.match
-    tail = re.compile(rb"\$%d\r\n%s\r\n\$(\d+)\r\n" % (len(body_field), re.escape(body_field))).match
+    tail = re.compile(_bulk(body_field) + rb"\$(\d+)\r\n").match
 
     def entry(data: bytes, pos: int) -> tuple[Entry, int] | None:
         if (first := head(data, pos)) is None:

@@ -205,6 +205,16 @@ def test_publish_batch_is_confirmed_and_readable(broker, topic, count) -> None:
         assert sorted(d.id for d in collect(sub, count)) == sorted(ids)
 
 
+def test_batches_begun_in_turn_are_confirmed_and_delivered_in_that_order(broker, topic) -> None:
+    broker.declare(topic, "g")
+    first = broker.begin_batch(topic, [bridgeq.Message(f"a{i}", key="k") for i in range(500)])
+    second = broker.begin_batch(topic, [bridgeq.Message(f"b{i}", key="k") for i in range(500)])
+    ids = first() + second()  # both handed over before either is confirmed
+    assert len(ids) == 1000 and broker.begin_batch(topic, [])() == []
+    with broker.subscribe(topic, "g", prefetch=500) as sub:
+        assert [d.id for d in collect(sub, 1000)] == ids, "one key, one partition: the order they were begun in"
+
+
 def test_published_records_land_on_kafkas_key_partition_and_keyless_ones_in_runs(broker, topic, settings) -> None:
     """publish names each record's partition itself: keys where Kafka's default partitioner puts them."""
     broker.declare(topic, "g")  # 3 partitions by default
