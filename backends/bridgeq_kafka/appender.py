@@ -7,7 +7,8 @@ larger messages before anything is sent). Its accumulator then takes a lock and
 makes a future for every record, whose result ``publish`` only needs per batch.
 Here a run of records bound for one partition goes into that partition's
 batches under one lock per batch, and each record is answered with the batch
-it went into: the batch's own future confirms it. The batches are kafka-python's
+it went into: the batch's own future confirms it. Records are encoded into a
+batch by :func:`bridgeq_kafka.encoding.fill`, not its builder's ``append``. The batches are kafka-python's
 own, made as its accumulator makes them, so its sender drains, retries and
 expires them as usual. It is kafka-python's internals, so the extra pins
 kafka-python's minor version; a producer without them (or a transactional one)
@@ -32,9 +33,8 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.producer.producer_batch import ProducerBatch
 from kafka.record.memory_records import MemoryRecordsBuilder
 
-Headers = list[tuple[str, bytes]]
-Record = tuple[bytes | None, bytes, Headers]
-"""Key, value and headers of a record."""
+from bridgeq_kafka.encoding import Record, fill
+
 
 
 class Appender:
@@ -60,37 +60,34 @@ class Appender:
             accumulator is not None
             and hasattr(accumulator, "_batches")
             and hasattr(producer, "_sender")
+            and accumulator.config.get("message_version") == 2  # the record format fill() writes
             and (transactions is None or not transactions.is_transactional())
         )
 
     def add(self, tp: TopicPartition, records: Sequence[Record], timestamp_ms: int) -> list[ProducerBatch]:
         """Add ``records`` in order to the batches of ``tp``; the batch each went into."""
         accumulator, homes = self._accumulator, list[ProducerBatch]()
-        home = homes.append
-        rest = iter(records)
-        record = next(rest, None)
+        done, end = 0, len(records)
         accumulator._appends_in_progress.increment()  # as accumulator.append does: abort waits for it
         try:
-            while record is not None:
+            while done < end:
                 with accumulator._tp_lock(tp):
                     if accumulator._closed:
                         raise kx.IllegalStateError("the producer is closed")
                     batches = accumulator._batches[tp]
                     if batches:
                         batch = batches[-1]
-                        append = batch.records.append
-                        while record is not None and append(timestamp_ms, *record) is not None:
-                            home(batch)
-                            record = next(rest, None)
-                        if record is None:
+                        into = fill(batch.records, records, done, timestamp_ms)
+                        homes += [batch] * (into - done)
+                        done = into
+                        if done == end:
                             break
                     batch = ProducerBatch(tp, MemoryRecordsBuilder(*self._builder), time.monotonic())
-                    if batch.records.append(timestamp_ms, *record) is None:  # a first record always fits
-                        raise kx.IllegalStateError(f"a record did not fit an empty batch for {tp}")
+                    into = fill(batch.records, records, done, timestamp_ms)  # at least one: the batch is empty
                     batches.append(batch)
                     accumulator._incomplete.add(batch)
-                    home(batch)
-                    record = next(rest, None)
+                    homes += [batch] * (into - done)
+                    done = into
                     behind = len(batches) > 1
                 if behind:
                     self._wakeup()  # the batch before it is full and can go now
