@@ -36,7 +36,6 @@ from kafka.record.memory_records import MemoryRecordsBuilder
 from bridgeq_kafka.encoding import Record, fill
 
 
-
 class Appender:
     """Adds ``publish``'s records to a producer's batches; :meth:`done` once they are all in.
 
