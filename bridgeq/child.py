@@ -74,16 +74,23 @@ class Packed(Sequence[Delivery]):
     takes the pickle as it is; the deliveries are unpickled here only if something asks for them."""
 
     def __init__(
-        self, ids: list[str], packed: bytes, topic: str, group: str, fingerprints: tuple[list[str], str] | None = None
+        self,
+        ids: list[str],
+        packed: bytes,
+        topic: str,
+        group: str,
+        fingerprints: tuple[list[str], str] | None = None,
+        redelivered: bool = True,
     ) -> None:
         self.ids, self.packed = ids, packed
         self.fingerprints = fingerprints  # (digests, manifest lines) when the source process computed them
+        self.redelivered = redelivered  # some of it was delivered before: attempts above 1
         self._topic, self._group = topic, group
         self._deliveries: list[Delivery] | None = None
 
     @property
     def deliveries(self) -> list[Delivery]:
-        """The batch's deliveries (their ``attempt`` is not known here: 1)."""
+        """The batch's deliveries (their ``attempt`` is not known here: 1; see ``redelivered``)."""
         if self._deliveries is None:
             topic, group = self._topic, self._group
             records: list[Record] = pickle.loads(self.packed)

@@ -81,7 +81,9 @@ class Manifest:
     """Fingerprints by id, in memory, and in a durable file when a checkpoint is given."""
 
     def __init__(self, checkpoint: str | os.PathLike[str] | None, identity: dict[str, str]) -> None:
-        self.entries: dict[str, str] = {}
+        self._entries: dict[str, str] = {}
+        self._unfiled: list[tuple[Sequence[str], Sequence[str]]] = []  # added, not yet in _entries
+        self._unfiled_count = 0
         self.path = Path(checkpoint) if checkpoint else None
         self.progress = Progress(identity)
         self._log: int | None = None  # the manifest file's descriptor, opened for durable appends
@@ -117,10 +119,27 @@ class Manifest:
                 for line in lines:
                     message_id, tab, digest = line.rstrip("\n").partition("\t")
                     if tab and len(digest) == 64:  # a torn last line from a crash is ignored
-                        self.entries[message_id] = digest
-        self.progress.moved = len(self.entries)
+                        self._entries[message_id] = digest
+        self.progress.moved = len(self._entries)
         self.progress.runs += 1
         self.save()
+
+    @property
+    def entries(self) -> dict[str, str]:
+        """Fingerprint by message id, for all moved messages (the index is brought up to date here)."""
+        if self._unfiled:
+            entries = self._entries
+            for ids, digests in self._unfiled:
+                entries.update(zip(ids, digests, strict=True))
+            self._unfiled.clear()
+            self._unfiled_count = 0
+        return self._entries
+
+    @property
+    def moved(self) -> int:
+        """How many messages were moved: exact once :attr:`entries` was read, else it may count an id
+        recorded twice since then (a redelivery published again while in flight) twice."""
+        return len(self._entries) + self._unfiled_count
 
     def seen(self, delivery: Fingerprinted) -> bool:
         """True when this id was already moved unchanged (a redelivery after a crash)."""
@@ -136,13 +155,16 @@ class Manifest:
 
     def holds_any(self, ids: Iterable[str]) -> bool:
         """True when some of these ids were moved already."""
-        return bool(self.entries) and not self.entries.keys().isdisjoint(ids)
+        entries = self.entries
+        return bool(entries) and not entries.keys().isdisjoint(ids)
 
     def add(self, ids: Sequence[str], digests: Sequence[str], lines: str, batches: int = 1) -> None:
         """Add moved messages with their fingerprints and manifest lines (see :func:`fingerprint_lines`);
-        durable before this returns when there is a file."""
-        self.entries.update(zip(ids, digests, strict=True))
-        self.progress.moved = len(self.entries)
+        durable before this returns when there is a file. The in-memory index takes them when it is
+        next read: a migration whose source flags redeliveries reads it only for those."""
+        self._unfiled.append((ids, digests))
+        self._unfiled_count += len(ids)
+        self.progress.moved = self.moved
         self.progress.batches += batches
         if self._log is not None and lines:
             self._append(lines)

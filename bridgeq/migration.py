@@ -301,6 +301,7 @@ def _move(
 ) -> None:
     """Relay what is read, and settle in order: record what was confirmed (one fsync), then ack it on the source."""
     status = MigrationStatus(moved=len(manifest.entries))
+    flagged = src.capabilities.exact_delivery_count  # a delivery's attempt 1 means no run of ours had it
     moved_before = status.moved
     window = WINDOW * batch
     report.in_flight_window = manifest.progress.in_flight_window = window
@@ -317,7 +318,7 @@ def _move(
             for event in _drain(events):
                 if type(event) is Chunk:
                     chunk = event.deliveries
-                    fresh = _fresh(manifest, chunk)
+                    fresh = _fresh(manifest, chunk, flagged)
                     flight = _Flight(chunk, fresh, not fresh)
                     flights.append(flight)
                     if fresh:
@@ -359,7 +360,7 @@ def _move(
                 continue
             source.ack([flight.chunk for flight in settled])
             status.skipped_duplicates += sum(len(f.chunk) - len(f.fresh) for f in settled)
-            status.moved = len(manifest.entries)
+            status.moved = manifest.moved
             last_moved = time.monotonic()
             elapsed = last_moved - (source.first_read or started)
             status.rate = (status.moved - moved_before) / elapsed if elapsed else 0.0
@@ -376,7 +377,7 @@ def _move(
     report.left_waiting = quiet_depth(src, report.topic, report.group)
     if report.left_waiting:
         report.warnings.append(f"{report.left_waiting} message(s) still wait in the source: run again to move them")
-    report.moved_this_run = status.moved - moved_before
+    report.moved_this_run = len(manifest.entries) - moved_before
     report.skipped_duplicates = status.skipped_duplicates
     report.seconds = (last_moved if moved_before != status.moved else time.monotonic()) - (source.first_read or started)
     manifest.progress.skipped_duplicates += status.skipped_duplicates
@@ -397,12 +398,21 @@ def _record(manifest: Manifest, settled: list[_Flight]) -> None:
     manifest.add(ids, digests, lines, batches=len(settled))
 
 
-def _fresh(manifest: Manifest, chunk: Sequence[Delivery]) -> Sequence[Delivery]:
+def _fresh(manifest: Manifest, chunk: Sequence[Delivery], flagged: bool) -> Sequence[Delivery]:
     """What of ``chunk`` is still to publish: all of it unless the manifest has some of its ids already
-    (a batch from a source process then stays packed, to go on to the publisher as it came)."""
+    (a batch from a source process then stays packed, to go on to the publisher as it came). With a
+    source whose attempt counts are exact (``flagged``), a batch of first deliveries is all fresh:
+    only redeliveries can have been moved before, so only their batches are looked up."""
+    if flagged and not _redelivered(chunk):
+        return chunk
     if type(chunk) is Packed:
         return chunk if not manifest.holds_any(chunk.ids) else manifest.unseen(chunk.deliveries)
     return manifest.unseen(chunk)
+
+
+def _redelivered(chunk: Sequence[Delivery]) -> bool:
+    """Whether some of ``chunk`` was delivered before (to this group)."""
+    return chunk.redelivered if type(chunk) is Packed else any(d.attempt > 1 for d in chunk)
 
 
 def _drain(events: queue.SimpleQueue[_Event], block: bool = True) -> list[_Event]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 import bridgeq
 from bridgeq.migration import DEFAULT_GROUP, VERIFY_GROUP, MigrationReport, migrate
@@ -207,6 +208,40 @@ def redis_move() -> Iterator[tuple[str, str, str]]:
     yield url, topic, to_topic
     cleanup(url, topic)
     cleanup(url, to_topic)
+
+
+def test_redelivered_messages_already_moved_are_skipped_first_deliveries_are_not_looked_up(redis_move, tmp_path):
+    """Redis counts deliveries exactly: a message it delivers again after a run moved it is acked without
+    being sent again; a batch of first deliveries is not looked up in the manifest (none of ours had it)."""
+    url, topic, to_topic = redis_move
+    fill(url, topic, 300)
+    checkpoint = str(tmp_path / "ck.json")
+
+    def run() -> MigrationReport:
+        return migrate(url, url, topic, to_topic=to_topic, checkpoint=checkpoint, batch=100, idle_timeout=0.5)
+
+    assert run().moved_this_run == 300
+    with bridgeq.connect(url) as broker:
+        key, to_key = broker.backend.key(topic), broker.backend.key(to_topic)  # type: ignore[attr-defined]
+    raw = redis.Redis.from_url(url.partition("?")[0])
+    try:
+        raw.xgroup_setid(key, DEFAULT_GROUP, "0")  # the group's whole backlog again
+        with (
+            bridgeq.connect(url) as broker,
+            broker.subscribe(topic, DEFAULT_GROUP, prefetch=300, max_deliveries=None) as sub,
+        ):
+            taken = collect(sub, 300, ack=False)
+            sub.nack(taken)  # handed back: the migration claims them as second deliveries
+        assert len(taken) == 300
+        again = run()
+        assert (again.moved_this_run, again.skipped_duplicates) == (0, 300)
+        assert raw.xlen(to_key) == 300
+        raw.xgroup_setid(key, DEFAULT_GROUP, "0")  # now as first deliveries (attempt 1)
+        third = run()
+        assert (third.moved_this_run, third.skipped_duplicates) == (0, 0)
+        assert raw.xlen(to_key) == 600  # sent again: duplicates on the id, as at-least-once allows
+    finally:
+        raw.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
