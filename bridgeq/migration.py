@@ -44,8 +44,10 @@ recorded, the only ones a crash can duplicate (read and not yet handed over, the
 READ_AHEAD = 16
 """Batches read and not yet acked (the source subscription's prefetch): more than WINDOW, so a broker that
 counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel."""
-RELAY_AHEAD = 2
-"""With more batches than this unconfirmed, the relay is the slower side: fingerprints are computed here."""
+RELAY_BEHIND = 2
+"""With more batches than this read and waiting for room in the window, the relay is the slower side:
+fingerprints are then computed on the reading side. (Batches unconfirmed say nothing: a destination
+that confirms asynchronously always has a few.)"""
 DEPTH_EVERY = 0.5
 """Seconds between the source depth queries behind progress reports."""
 
@@ -347,7 +349,7 @@ def _move(
                 seq = next(sequence)
                 unconfirmed[seq] = flight
                 relayed += len(flight.fresh)
-                behind = len(unconfirmed) > RELAY_AHEAD  # the publishing side is the slower one
+                behind = len(held) > RELAY_BEHIND  # the publishing side is the slower one
                 fresh = flight.fresh
                 if type(fresh) is Packed:  # so the source process fingerprints (unpacking here would cost more)
                     source.fingerprint(behind)

@@ -49,6 +49,11 @@ from bridgeq.manifest import fingerprint_lines
 from bridgeq.message import EMPTY_HEADERS, Delivery, Message
 
 RETRIES = 5
+PUBLISHER_NICE = 10
+"""The publisher process's niceness. Reading is a chain of round trips, each of which waits for a free core;
+publishing hands batches over and has the in-flight window to catch up in. So the publisher yields the
+cores to the reading side (and to the brokers), and gets them whenever the reader waits for the window:
+on two cores, Redis -> Kafka moved 5-10% faster, Redis -> RabbitMQ 7%, RabbitMQ -> Redis the same."""
 
 
 class Published(NamedTuple):
@@ -188,6 +193,8 @@ class ProcessRelay(Child, Relay):
 
 def child_main() -> None:
     """The publisher process: connect, then publish each batch read from stdin and confirm it on stdout."""
+    with contextlib.suppress(AttributeError, OSError):  # where the platform has no nice(), as it is
+        os.nice(PUBLISHER_NICE)
     run_child(_connect, _serve)
 
 

@@ -17,6 +17,7 @@ import redis
 
 import bridgeq
 from bridgeq.migration import DEFAULT_GROUP, VERIFY_GROUP, MigrationReport, migrate
+from bridgeq.relay import PUBLISHER_NICE
 from bridgeq.testing.support import collect
 from bridgeq.testing.targets import with_options
 from tests.migrate_support import REAL, cleanup, fill, fresh_topic, url_of
@@ -259,6 +260,13 @@ def test_the_child_processes_die_with_their_parent(redis_move):
             children = _children(parent.pid)
             time.sleep(0.05)
         assert len(children) == 2, f"the CLI started {len(children)} child process(es), not a source and a publisher"
+        publisher = [pid for pid in children if b"bridgeq.relay" in _command_line(pid)]
+        assert len(publisher) == 1
+        while time.monotonic() < deadline and _nice(publisher[0]) != min(19, os.nice(0) + PUBLISHER_NICE):
+            time.sleep(0.05)
+        assert _nice(publisher[0]) == min(19, os.nice(0) + PUBLISHER_NICE), (
+            "the publisher yields the cores to the reader"
+        )
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 10
@@ -268,6 +276,16 @@ def test_the_child_processes_die_with_their_parent(redis_move):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def _command_line(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as line:
+        return line.read()
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
 
 
 def _running(pid: int) -> bool:
