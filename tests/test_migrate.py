@@ -223,7 +223,7 @@ def test_redelivered_messages_already_moved_are_skipped_first_deliveries_are_not
 
     assert run().moved_this_run == 300
     with bridgeq.connect(url) as broker:
-        key, to_key = broker.backend.key(topic), broker.backend.key(to_topic)  # type: ignore[attr-defined]
+        key, to_key = broker.backend.key(topic), broker.backend.key(to_topic)
     raw = redis.Redis.from_url(url.partition("?")[0])
     try:
         raw.xgroup_setid(key, DEFAULT_GROUP, "0")  # the group's whole backlog again
