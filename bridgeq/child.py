@@ -70,20 +70,14 @@ def records_of(deliveries: Iterable[Delivery]) -> list[Record]:
 
 
 class Packed(Sequence[Delivery]):
-    """A batch as a source process sent it: the ids, and the records still pickled. A publisher process
+    """A batch as a source process sent it: the records still pickled. A publisher process
     takes the pickle as it is; the deliveries are unpickled here only if something asks for them."""
 
     def __init__(
-        self,
-        ids: list[str],
-        packed: bytes,
-        topic: str,
-        group: str,
-        fingerprints: tuple[list[str], str] | None = None,
-        redelivered: bool = True,
+        self, size: int, packed: bytes, topic: str, group: str, lines: str = "", redelivered: bool = True
     ) -> None:
-        self.ids, self.packed = ids, packed
-        self.fingerprints = fingerprints  # (digests, manifest lines) when the source process computed them
+        self.size, self.packed = size, packed
+        self.lines = lines  # the manifest lines, when the source process computed them
         self.redelivered = redelivered  # some of it was delivered before: attempts above 1
         self._topic, self._group = topic, group
         self._deliveries: list[Delivery] | None = None
@@ -98,7 +92,7 @@ class Packed(Sequence[Delivery]):
         return self._deliveries
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.size
 
     @overload
     def __getitem__(self, index: int) -> Delivery: ...

@@ -5,8 +5,9 @@ told apart from a duplicate. With a checkpoint file the manifest is an
 append-only TSV beside it (``<checkpoint>.manifest``: id, fingerprint), made
 durable (``O_DSYNC``, or fsync) before the source is acked; the checkpoint
 (JSON) holds the totals, rewritten every SAVE_EVERY seconds and at the end.
-A migration computes fingerprints and lines in bulk (:func:`fingerprint_lines`) on
-whichever side has time, and files them with :meth:`Manifest.add`.
+A migration computes a batch's manifest lines (:func:`fingerprint_lines`) on
+whichever side has time, and files them with :meth:`Manifest.add`: the lines are
+all that crosses between processes, and the in-memory index is built from them.
 """
 
 from __future__ import annotations
@@ -52,16 +53,25 @@ def fingerprint_of(delivery: Fingerprinted) -> str:
     return fingerprint(delivery.body, delivery.key, delivery.headers)
 
 
-def fingerprint_lines(messages: Sequence[Fingerprinted]) -> tuple[list[str], str]:
-    """The fingerprints of ``messages`` and their manifest lines, ready for :meth:`Manifest.add`."""
+def fingerprint_lines(messages: Sequence[Fingerprinted]) -> str:
+    """The manifest lines of ``messages`` (id, tab, fingerprint), ready for :meth:`Manifest.add`."""
     sha256 = _sha256
-    digests = [
-        sha256(m.body + _NO_KEY).hexdigest()  # the same digest as fingerprint(), in one call
-        if m.key is None and not m.headers
-        else fingerprint(m.body, m.key, m.headers)
-        for m in messages
-    ]
-    return digests, "".join([f"{m.id}\t{digest}\n" for m, digest in zip(messages, digests, strict=True)])
+    return "".join(
+        [
+            f"{m.id}\t{sha256(m.body + _NO_KEY).hexdigest()}\n"  # the same digest as fingerprint(), in one call
+            if m.key is None and not m.headers
+            else f"{m.id}\t{fingerprint(m.body, m.key, m.headers)}\n"
+            for m in messages
+        ]
+    )
+
+
+def _file(lines: Iterable[str], entries: dict[str, str]) -> None:
+    """Put manifest lines into ``entries``; a torn line (a crash mid-write) is left out."""
+    for line in lines:
+        message_id, tab, digest = line.partition("\t")
+        if tab and len(digest) == 64:
+            entries[message_id] = digest
 
 
 @dataclass
@@ -82,7 +92,7 @@ class Manifest:
 
     def __init__(self, checkpoint: str | os.PathLike[str] | None, identity: dict[str, str]) -> None:
         self._entries: dict[str, str] = {}
-        self._unfiled: list[tuple[Sequence[str], Sequence[str]]] = []  # added, not yet in _entries
+        self._unfiled: list[str] = []  # manifest lines added, not yet in _entries
         self._unfiled_count = 0
         self.path = Path(checkpoint) if checkpoint else None
         self.progress = Progress(identity)
@@ -116,10 +126,7 @@ class Manifest:
         manifest = self._manifest_path()
         if manifest.exists():
             with open(manifest, encoding="utf-8") as lines:
-                for line in lines:
-                    message_id, tab, digest = line.rstrip("\n").partition("\t")
-                    if tab and len(digest) == 64:  # a torn last line from a crash is ignored
-                        self._entries[message_id] = digest
+                _file((line.rstrip("\n") for line in lines), self._entries)
         self.progress.moved = len(self._entries)
         self.progress.runs += 1
         self.save()
@@ -128,9 +135,8 @@ class Manifest:
     def entries(self) -> dict[str, str]:
         """Fingerprint by message id, for all moved messages (the index is brought up to date here)."""
         if self._unfiled:
-            entries = self._entries
-            for ids, digests in self._unfiled:
-                entries.update(zip(ids, digests, strict=True))
+            for lines in self._unfiled:
+                _file(lines.split("\n"), self._entries)
             self._unfiled.clear()
             self._unfiled_count = 0
         return self._entries
@@ -153,17 +159,12 @@ class Manifest:
             return deliveries
         return [d for d in deliveries if d.id not in entries or not self.seen(d)]
 
-    def holds_any(self, ids: Iterable[str]) -> bool:
-        """True when some of these ids were moved already."""
-        entries = self.entries
-        return bool(entries) and not entries.keys().isdisjoint(ids)
-
-    def add(self, ids: Sequence[str], digests: Sequence[str], lines: str, batches: int = 1) -> None:
-        """Add moved messages with their fingerprints and manifest lines (see :func:`fingerprint_lines`);
-        durable before this returns when there is a file. The in-memory index takes them when it is
-        next read: a migration whose source flags redeliveries reads it only for those."""
-        self._unfiled.append((ids, digests))
-        self._unfiled_count += len(ids)
+    def add(self, lines: str, count: int, batches: int = 1) -> None:
+        """Add ``count`` moved messages by their manifest lines (:func:`fingerprint_lines`); durable
+        before this returns when there is a file. The in-memory index takes them when it is next
+        read: a migration whose source flags redeliveries reads it only for those."""
+        self._unfiled.append(lines)
+        self._unfiled_count += count
         self.progress.moved = self.moved
         self.progress.batches += batches
         if self._log is not None and lines:

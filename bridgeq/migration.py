@@ -281,12 +281,11 @@ _Event: TypeAlias = "Chunk | Published | Failed | None"
 @dataclass
 class _Flight:
     """A batch read and not yet acked; ``fresh`` is what had to be published (not already in the manifest),
-    ``digests`` and ``lines`` their fingerprints and manifest lines."""
+    ``lines`` their manifest lines."""
 
     chunk: Sequence[Delivery]
     fresh: Sequence[Delivery]
     confirmed: bool
-    digests: list[str] = field(default_factory=list)
     lines: str = ""
 
 
@@ -329,7 +328,7 @@ def _move(
                     flight = unconfirmed.pop(event.seq)
                     flight.confirmed = True
                     if event.lines:
-                        flight.digests, flight.lines = event.digests, event.lines
+                        flight.lines = event.lines
                 elif type(event) is Failed:
                     failure = failure or event.error
                 else:
@@ -353,10 +352,9 @@ def _move(
                 fresh = flight.fresh
                 if type(fresh) is Packed:  # so the source process fingerprints (unpacking here would cost more)
                     source.fingerprint(behind)
-                    if fresh.fingerprints is not None:
-                        flight.digests, flight.lines = fresh.fingerprints
+                    flight.lines = fresh.lines
                 elif behind:  # so fingerprint here, while it publishes
-                    flight.digests, flight.lines = fingerprint_lines(fresh)
+                    flight.lines = fingerprint_lines(fresh)
                 relay.submit(seq, fresh, fingerprint=not flight.lines)
             if not settled:
                 continue
@@ -391,13 +389,8 @@ def _record(manifest: Manifest, settled: list[_Flight]) -> None:
     published = [f for f in settled if f.fresh]
     if not published:
         return
-    ids = [i for f in published for i in (f.fresh.ids if type(f.fresh) is Packed else [d.id for d in f.fresh])]
-    if len(published) == 1:
-        digests, lines = published[0].digests, published[0].lines
-    else:
-        digests = [digest for f in published for digest in f.digests]
-        lines = "".join([f.lines for f in published])
-    manifest.add(ids, digests, lines, batches=len(settled))
+    lines = published[0].lines if len(published) == 1 else "".join([f.lines for f in published])
+    manifest.add(lines, sum(len(f.fresh) for f in published), batches=len(settled))
 
 
 def _fresh(manifest: Manifest, chunk: Sequence[Delivery], flagged: bool) -> Sequence[Delivery]:
@@ -408,7 +401,8 @@ def _fresh(manifest: Manifest, chunk: Sequence[Delivery], flagged: bool) -> Sequ
     if flagged and not _redelivered(chunk):
         return chunk
     if type(chunk) is Packed:
-        return chunk if not manifest.holds_any(chunk.ids) else manifest.unseen(chunk.deliveries)
+        unseen = manifest.unseen(chunk.deliveries)
+        return chunk if len(unseen) == len(chunk) else unseen
     return manifest.unseen(chunk)
 
 

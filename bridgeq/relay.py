@@ -57,10 +57,9 @@ on two cores, Redis -> Kafka moved 5-10% faster, Redis -> RabbitMQ 7%, RabbitMQ 
 
 
 class Published(NamedTuple):
-    """The destination confirmed batch ``seq``; with its fingerprints and manifest lines when asked for."""
+    """The destination confirmed batch ``seq``; with its manifest lines when asked for."""
 
     seq: int
-    digests: list[str]
     lines: str
 
 
@@ -116,7 +115,7 @@ class Relay(ABC):
     @abstractmethod
     def submit(self, seq: int, deliveries: Sequence[Delivery], fingerprint: bool = True) -> None:
         """Publish ``deliveries`` after the batches submitted before; Published(seq) follows,
-        with their fingerprints (:func:`~bridgeq.manifest.fingerprint_lines`) if ``fingerprint``."""
+        with their manifest lines (:func:`~bridgeq.manifest.fingerprint_lines`) if ``fingerprint``."""
 
     @abstractmethod
     def stop_retrying(self) -> None:
@@ -159,7 +158,7 @@ class ThreadRelay(Relay):
         try:
             for items in _confirmed_groups(self._work, self._begin):
                 for seq, deliveries, fingerprint in items:
-                    self.outcomes.put(Published(seq, *(fingerprint_lines(deliveries) if fingerprint else ([], ""))))
+                    self.outcomes.put(Published(seq, fingerprint_lines(deliveries) if fingerprint else ""))
         except BaseException as exc:
             self.outcomes.put(Failed(exc))
 
@@ -184,9 +183,9 @@ class ProcessRelay(Child, Relay):
             self.send(None)
 
     def on_reply(self, reply: tuple[Any, ...]) -> None:
-        seq, failure, *confirmed = reply
+        seq, failure, lines = reply
         if failure is None:
-            self.outcomes.put(Published(seq, *confirmed))
+            self.outcomes.put(Published(seq, lines))
         else:
             self.fail(failure)
 
@@ -216,19 +215,19 @@ def _serve(commands: IO[bytes], replies: Replies, opened: tuple[api.Broker, str]
 
 
 def _publish_all(commands: IO[bytes], replies: Replies, broker: api.Broker, topic: str) -> None:
-    work: queue.SimpleQueue[tuple[int, list[Message], list[str], str] | None] = queue.SimpleQueue()
+    work: queue.SimpleQueue[tuple[int, list[Message], str] | None] = queue.SimpleQueue()
     stop = threading.Event()
     threading.Thread(target=_watch, args=(commands, work, stop), name="bridgeq-relay-input", daemon=True).start()
 
-    def begin(items: list[tuple[int, list[Message], list[str], str]]) -> Callable[[], None]:
-        return begin_with_retry(broker, topic, [m for _, messages, _, _ in items for m in messages], stop)
+    def begin(items: list[tuple[int, list[Message], str]]) -> Callable[[], None]:
+        return begin_with_retry(broker, topic, [m for _, messages, _ in items for m in messages], stop)
 
     try:
         for items in _confirmed_groups(work, begin):
-            for seq, _, digests, lines in items:
-                replies.send((seq, None, digests, lines))
+            for seq, _, lines in items:
+                replies.send((seq, None, lines))
     except BaseException as exc:
-        replies.send((None, describe(exc)))
+        replies.send((None, describe(exc), ""))
 
 
 def _watch(commands: IO[bytes], work: queue.SimpleQueue[Any], stop: threading.Event) -> None:
@@ -244,7 +243,7 @@ def _watch(commands: IO[bytes], work: queue.SimpleQueue[Any], stop: threading.Ev
                 if type(records) is bytes:  # as a source process packed them
                     records = pickle.loads(records)
                 messages = [Message.unchecked(i, b, h or EMPTY_HEADERS, k) for i, b, h, k in records]
-                work.put((seq, messages, *(fingerprint_lines(messages) if fingerprint else ([], ""))))
+                work.put((seq, messages, fingerprint_lines(messages) if fingerprint else ""))
     except BaseException:
         pass
     finally:

@@ -144,8 +144,8 @@ class ProcessSource(Child, Source):
     def on_reply(self, reply: tuple[Any, ...]) -> None:
         kind, payload = reply
         if kind == "chunk":
-            ids, packed, fingerprints, redelivered = payload
-            self.outcomes.put(Chunk(Packed(ids, packed, self._topic, self._group, fingerprints, redelivered)))
+            count, packed, lines, redelivered = payload
+            self.outcomes.put(Chunk(Packed(count, packed, self._topic, self._group, lines, redelivered)))
         elif kind == "failed":
             self.fail(payload)
         else:
@@ -271,9 +271,9 @@ class _Replies:
             with self._lock:
                 self._held.append(chunk)
             packed = pickle.dumps(records_of(chunk), pickle.HIGHEST_PROTOCOL)
-            fingerprints = fingerprint_lines(chunk) if self.fingerprinting else None
+            lines = fingerprint_lines(chunk) if self.fingerprinting else ""
             redelivered = any(d.attempt > 1 for d in chunk)
-            self._replies.send(("chunk", ([d.id for d in chunk], packed, fingerprints, redelivered)))
+            self._replies.send(("chunk", (len(chunk), packed, lines, redelivered)))
         elif type(event) is Failed:
             self._replies.send(("failed", describe(event.error)))
         else:
