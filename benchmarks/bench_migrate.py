@@ -8,7 +8,11 @@ publish rate on the destination, and the migration's rate (with a checkpoint,
 fsynced per batch); the ratio is migration / min(consume, publish). Each round
 measures all three in turn, on fresh topics; the table shows each row's median
 over the rounds (so a burst of load from elsewhere on the machine skews one
-sample, not the ratio) and the range. ``--in-process`` reads and publishes from
+sample, not the ratio) and the range. On a Redis URL the benchmark pauses Redis's
+automatic AOF rewrites and RDB snapshots while it measures (its settings are put
+back at the end; ``--keep-redis-saves`` leaves them alone): each forks Redis and,
+on a small machine, takes a third of a core from whichever row runs then.
+``--in-process`` reads and publishes from
 threads of the benchmark's process instead of the migration's child processes.
 The migration's rate counts from its first message read (its child processes
 connected), as consume's counts from its first batch and publish's from the end
@@ -18,17 +22,26 @@ of its first batch: no client's start-up is in any of the three.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
+from common import raw_redis
 from rich.console import Console
 from rich.table import Table
 
 import bridgeq
 from bridgeq.migration import DEFAULT_GROUP
+from bridgeq.url import resolve
+
+REDIS_SAVES = {"auto-aof-rewrite-percentage": "0", "save": ""}
+"""Redis settings that stop its automatic background saves (each a fork of the server)."""
+SAVING = ("aof_rewrite_in_progress", "rdb_bgsave_in_progress")
 
 
 def fill(url: str, topic: str, messages: int, size: int, batch: int, group: str) -> float:
@@ -60,6 +73,33 @@ def consume(url: str, topic: str, group: str, messages: int, batch: int) -> floa
             received += len(got)
         sub.flush()
         return (messages - len(first)) / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def redis_saves_paused(urls: list[str]) -> Iterator[int]:
+    """Pause the automatic AOF rewrites and RDB snapshots of the Redis servers among ``urls`` (once the
+    save running, if any, is done); their settings come back afterwards. Yields how many were paused."""
+    paused: list[tuple[Any, dict[str, str]]] = []
+    try:
+        for url in dict.fromkeys(urls):
+            if resolve(url).scheme not in ("redis", "rediss"):
+                continue
+            client = raw_redis(url)
+            before = {name: client.config_get(name)[name] for name in REDIS_SAVES}
+            paused.append((client, before))
+            _configure(client, REDIS_SAVES)
+            while any(int(client.info("persistence")[busy]) for busy in SAVING):
+                time.sleep(0.1)
+        yield len(paused)
+    finally:
+        for client, before in paused:
+            _configure(client, before)
+            client.close()
+
+
+def _configure(client: Any, settings: dict[str, str]) -> None:
+    for name, value in settings.items():
+        client.config_set(name, value)
 
 
 def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
@@ -101,8 +141,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all three measurements (medians shown)")
     parser.add_argument("--in-process", action="store_true", help="read and publish from threads, not child processes")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep-redis-saves", action="store_true", help="leave Redis's background saves on")
     args = parser.parse_args()
-    rounds = [one_round(args) for _ in range(max(1, args.rounds))]
+    urls = [] if args.keep_redis_saves else [args.source, args.destination]
+    with redis_saves_paused(urls) as paused:
+        rounds = [one_round(args) for _ in range(max(1, args.rounds))]
     consume_rate, publish_rate, migration_rate = (statistics.median(column) for column in zip(*rounds, strict=True))
     result = {
         "source": str(bridgeq.connect(args.source).url),
@@ -110,6 +153,7 @@ def main() -> None:
         "messages": args.messages,
         "rounds": len(rounds),
         "publisher": "thread" if args.in_process else "auto",
+        "redis_saves_paused": bool(paused),
         "consume_rate_source": consume_rate,
         "publish_rate_destination": publish_rate,
         "migration_rate": migration_rate,
@@ -122,6 +166,7 @@ def main() -> None:
     title = (
         f"migrate {result['source']} -> {result['destination']}: "
         f"{args.messages:,} x {args.size} B, median of {len(rounds)} round(s)"
+        + (", Redis background saves paused" if paused else "")
     )
     table = Table(title=title)
     table.add_column("row")

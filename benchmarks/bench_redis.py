@@ -30,27 +30,13 @@ import redis
 
 import bridgeq
 from bridgeq.subscription import Subscription
-from bridgeq.url import parse
-
-
-def raw_client(url: str) -> redis.Redis:
-    u = parse(url)
-    host = u.hosts[0] if u.hosts else None
-    return redis.Redis(
-        host=host.name if host else "localhost",
-        port=(host.port if host else None) or 6379,
-        db=int(u.path.strip("/") or 0),
-        username=u.username,
-        password=u.password,
-        ssl=u.scheme == "rediss",
-    )
 
 
 class Bench:
     def __init__(self, url: str, messages: int, batch: int, size: int) -> None:
         self.url = url
         self.broker = bridgeq.connect(url)
-        self.raw: Any = raw_client(url)  # redis-py's reply types are too wide to be useful here
+        self.raw: Any = common.raw_redis(url)  # redis-py's reply types are too wide to be useful here
         self.prefix = self.broker.backend.options.prefix  # type: ignore[attr-defined]
         self.messages, self.batch, self.body = messages, batch, b"x" * size
         self.topics: list[str] = []
@@ -175,12 +161,8 @@ if side == "bridgeq":
     bridgeq_latencies(bridgeq.connect(url), topic, samples, warm=0.05, timeout=5)
 else:
     sys.path.insert(0, "")
-    import redis
-    from bridgeq.url import parse
-    u = parse(url)
-    h = u.hosts[0] if u.hosts else None
-    r = redis.Redis(host=h.name if h else "localhost", port=(h.port if h else None) or 6379,
-                    db=int(u.path.strip("/") or 0), username=u.username, password=u.password, ssl=u.scheme == "rediss")
+    from common import raw_redis
+    r = raw_redis(url)
     key = prefix + topic
     r.xreadgroup("lat", "c", {key: ">"}, count=1, block=50)
     print("ready", flush=True)

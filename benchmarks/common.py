@@ -19,6 +19,23 @@ from bridgeq.url import parse
 
 HERE = str(Path(__file__).resolve().parent)
 
+
+def raw_redis(url: str) -> Any:
+    """A plain redis-py client for a bridgeq ``redis://`` URL (for raw baselines and broker settings)."""
+    import redis
+
+    u = parse(url)
+    host = u.hosts[0] if u.hosts else None
+    return redis.Redis(
+        host=host.name if host else "localhost",
+        port=(host.port if host else None) or 6379,
+        db=int(u.path.strip("/") or 0),
+        username=u.username,
+        password=u.password,
+        ssl=u.scheme == "rediss",
+    )
+
+
 Pairs = Mapping[str, Sequence[tuple[float, float]]]
 """Per row name, one (bridgeq, raw) measurement a round."""
 
