@@ -41,9 +41,11 @@ DEFAULT_GROUP = "bridgeq-migrate"
 WINDOW = 8
 """The in-flight window, in batches: at most ``WINDOW * batch`` messages are handed to the relay and not yet
 recorded, the only ones a crash can duplicate (read and not yet handed over, they are delivered again once)."""
-READ_AHEAD = 16
+READ_AHEAD = 32
 """Batches read and not yet acked (the source subscription's prefetch): more than WINDOW, so a broker that
-counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel."""
+counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel, and
+the reader goes on through a pause of the destination's (a JVM collection: tens of milliseconds). They are
+held in memory twice (by the reader and here): for large messages, lower ``batch``."""
 RELAY_BEHIND = 2
 """With more batches than this read and waiting for room in the window, the relay is the slower side:
 fingerprints are then computed on the reading side. (Batches unconfirmed say nothing: a destination
