@@ -136,6 +136,12 @@ class BackendConsumer(ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Settle the deliveries for good: the group never receives them again."""
 
+    def ack_and_fetch(self, acks: Sequence[Delivery], max_messages: int, timeout: float) -> list[Delivery]:
+        """:meth:`ack` then :meth:`fetch`: acks made while another thread fetched go out with the next
+        fetch. A backend that can send both in one round trip overrides this (optional)."""
+        self.ack(acks)
+        return self.fetch(max_messages, timeout)
+
     @abstractmethod
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Make the deliveries deliverable again soon, to any member, with attempt + 1."""

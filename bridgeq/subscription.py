@@ -161,13 +161,21 @@ class Subscription:
                 if self._closed:
                     return
                 try:
-                    self.flush()
+                    acks = self._acks_to_send()
                     room = self.prefetch - self._outstanding
                     if room > 0:
                         wait = min(FETCH_SLICE, max(remaining, 0.0))
-                        if self._take(self._consumer.fetch(min(want, room), wait)):
+                        if acks:
+                            fetched = self._consumer.ack_and_fetch(acks, min(want, room), wait)
+                            self._count_acked(acks)
+                        else:
+                            fetched = self._consumer.fetch(min(want, room), wait)
+                        if self._take(fetched):
                             self._outage = None
                             return
+                    elif acks:
+                        self._consumer.ack(acks)
+                        self._count_acked(acks)
                     self._outage = None
                 except ConnectionLost as exc:
                     lost = exc
@@ -334,6 +342,20 @@ class Subscription:
             self._io.release()
         return not (self._acks or self._pending)
 
+    def _acks_to_send(self) -> list[Delivery]:
+        """The acks recorded, to go out with the next fetch (one round trip where the backend can); with
+        requeues or dead letters recorded too, everything is sent now instead, in flush()'s order."""
+        with self._state:
+            if not self._pending:
+                acks, self._acks = self._acks, []
+                return acks
+        self.flush()
+        return []
+
+    def _count_acked(self, acks: list[Delivery]) -> None:
+        if acks:
+            self._broker.meter.count_acked(self.topic, self.group, len(acks))
+
     def flush(self) -> None:
         """Send every recorded ack, requeue and dead letter to the broker now."""
         with self._io:
@@ -349,7 +371,7 @@ class Subscription:
                 acks.extend(d for d, _ in dead)
             if acks:
                 self._consumer.ack(acks)
-                self._broker.meter.count_acked(self.topic, self.group, len(acks))
+                self._count_acked(acks)
             if requeues:
                 self._consumer.requeue(requeues)
 

@@ -49,8 +49,15 @@ class RedisConsumer(BackendConsumer):
         self._entries = entries.shortcut(backend.body_field)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
+        return self.ack_and_fetch((), max_messages, timeout)
+
+    def ack_and_fetch(self, acks: Sequence[Delivery], max_messages: int, timeout: float) -> list[Delivery]:
+        """The XACK goes just ahead of the XREADGROUP, on the same connection: one round trip."""
         now = time.monotonic()
         if now >= self._next_sweep:
+            if acks:
+                self.ack(acks)
+                acks = ()
             claimed = self._sweep(max_messages)
             if claimed:  # perhaps more are waiting: sweep again next time
                 return claimed
@@ -62,7 +69,7 @@ class RedisConsumer(BackendConsumer):
         command += self._streams
         with translate_errors(ERRORS, self._context):
             try:
-                reply = self._backend.call(command, self._entries)
+                reply = self._backend.call(command, self._entries, self._xack(acks) if acks else None)
             except redis.ResponseError as exc:
                 if not is_group_gone(exc):
                     raise
@@ -135,11 +142,16 @@ class RedisConsumer(BackendConsumer):
         self._backend.declare(self._topic, self._group)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with translate_errors(ERRORS, f"acking {len(deliveries)} message(s) of {self._topic!r} for {self._group!r}"):
+            self._backend.call(self._xack(deliveries))
+
+    def _xack(self, deliveries: Sequence[Delivery]) -> list[bytes]:
+        """The XACK of ``deliveries``, no longer held from here on (even if it fails: unrenewed, they
+        will be claimed and redelivered)."""
         ids = [d.token for d in deliveries]
-        with self._lock:  # even if XACK fails: unrenewed, they will be claimed and redelivered
+        with self._lock:
             self._held.difference_update(ids)
-        with translate_errors(ERRORS, f"acking {len(ids)} message(s) of {self._topic!r} for {self._group!r}"):
-            self._backend.call([b"XACK", *self._stream_group, *ids])
+        return [b"XACK", *self._stream_group, *ids]
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         ids = [d.token for d in deliveries]

@@ -197,9 +197,17 @@ def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int, shortcut
     return results
 
 
-def call(pool: redis.ConnectionPool, command: Sequence[bytes], shortcut: Shortcut | None = None) -> Any:
-    """The reply to one command; an error reply raised."""
-    (reply,) = send(pool, pack((command,)), 1, shortcut)
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
+def call(
+    pool: redis.ConnectionPool,
+    command: Sequence[bytes],
+    shortcut: Shortcut | None = None,
+    before: Sequence[bytes] | None = None,
+) -> Any:
+    """The reply to ``command`` (sent just after ``before``, if given, in the same write); an error
+    reply to either raised."""
+    commands = (command,) if before is None else (before, command)
+    replies = send(pool, pack(commands), len(commands), shortcut)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies[-1]

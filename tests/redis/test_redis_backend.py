@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis.exceptions as rx
@@ -388,3 +389,27 @@ def test_declaring_a_topic_alone_makes_an_empty_stream(broker, topic, raw) -> No
     assert raw.type(key(topic)) == b"stream"
     assert raw.xlen(key(topic)) == 0 and raw.xinfo_groups(key(topic)) == []
     assert raw.xinfo_stream(key(topic))["entries-added"] == 0
+
+
+def test_acks_recorded_while_another_thread_fetches_go_out_with_the_next_fetch(broker, topic, raw) -> None:
+    """One round trip for both: the XACK is written just ahead of the XREADGROUP."""
+    broker.publish_batch(topic, [bridgeq.Message(b"m%d" % i) for i in range(20)])
+    with broker.subscribe(topic, "g", prefetch=100, ack_batch=1000) as sub:
+        first = sub.receive_batch(10, timeout=5)
+        sent: list[int] = []
+        consumer: Any = sub._consumer
+        real = consumer.ack_and_fetch
+        consumer.ack_and_fetch = lambda acks, n, wait: sent.append(len(acks)) or real(acks, n, wait)
+        backend: Any = consumer._backend
+        commands: list[list[bytes]] = []
+        call = backend.call
+        backend.call = lambda command, *more: commands.append(command) or call(command, *more)
+        with sub._io:  # as while the reader thread fetches: the acks wait for it
+            sub.ack(first)
+            second = sub.receive_batch(10, timeout=5)
+        backend.call = call
+        assert sent == [10]
+        assert [command[0] for command in commands] == [b"XREADGROUP"]  # with the XACK ahead of it
+        assert len(second) == 10
+        assert raw.xpending(key(topic), "g")["pending"] == 10  # the first ten acked
+        sub.ack(second)
