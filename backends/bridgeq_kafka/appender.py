@@ -99,6 +99,24 @@ class Appender:
         self._wakeup()
 
 
+def forget(producer: KafkaProducer, topic: str) -> None:
+    """Drop a deleted topic's empty partition queues and its metadata from ``producer``. kafka-python
+    keeps both for good, and its sender, finding no leader for those partitions, then asks for the
+    cluster's metadata on every pass: a consumer on the same broker object read 3-4x slower after a
+    topic it had published to was deleted."""
+    accumulator = getattr(producer, "_accumulator", None)
+    batches = getattr(accumulator, "_batches", None)
+    if accumulator is None or batches is None:
+        return
+    for tp in [tp for tp in list(batches) if tp.topic == topic]:
+        with accumulator._tp_lock(tp):
+            if not batches[tp]:
+                del batches[tp]
+    topics = getattr(producer._metadata, "_topics", None)
+    if isinstance(topics, set):
+        topics.discard(topic)
+
+
 def outcome(home: Any, wait: float) -> BaseException | None:
     """What became of a record: None once confirmed, else why not (waiting at most ``wait`` seconds).
     ``home`` is its batch (from :meth:`Appender.add`) or its future (from ``send``)."""

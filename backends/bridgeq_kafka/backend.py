@@ -24,7 +24,7 @@ from kafka.structs import OffsetAndMetadata
 from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
-from bridgeq_kafka.appender import Appender, Record, outcome
+from bridgeq_kafka.appender import Appender, Record, forget, outcome
 from bridgeq_kafka.config import client_config, raise_if_certificate_refused
 from bridgeq_kafka.consumer import KafkaMember
 from bridgeq_kafka.errors import ERRORS, REBALANCING
@@ -213,6 +213,8 @@ class KafkaBackend(Backend):
     def delete(self, topic: str) -> None:
         name = self._name(topic)
         self._known.discard(name)
+        if self._producer is not None:
+            forget(self._producer, name)
         with translate_errors(ERRORS, f"deleting {topic!r}"):
             result = self._get_admin().delete_topics([name], timeout_ms=self._options.timeout_ms, raise_errors=False)
             code = result["topics"][0]["error_code"]

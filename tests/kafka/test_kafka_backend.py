@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -245,3 +246,20 @@ def test_a_batch_mixing_small_and_batch_sized_messages_keeps_their_order(broker,
     with broker.subscribe(topic, "g") as sub:
         got = collect(sub, len(bodies))
     assert [d.id for d in got] == ids and [d.body for d in got] == bodies
+
+
+def test_a_deleted_topic_leaves_the_producer(broker, topic) -> None:
+    """kafka-python's producer keeps a deleted topic's partitions; finding no leader for them, its sender
+    would ask for the cluster's metadata on every pass (a consumer on the same broker read 3-4x slower)."""
+    gone = f"{topic}-gone"
+    broker.publish_batch(gone, [b"x"])
+    broker.delete(gone)
+    broker.publish_batch(topic, [b"y"])  # a metadata refresh: the deleted topic has no leaders now
+    producer: Any = broker.backend._producer  # type: ignore[attr-defined]
+    producer._metadata.request_update()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and producer._metadata._need_update:
+        time.sleep(0.05)
+    _, _, unknown_leaders = producer._accumulator.ready(producer._metadata)
+    assert not unknown_leaders
+    assert not [tp for tp in producer._accumulator._batches if tp.topic.endswith(gone)]
