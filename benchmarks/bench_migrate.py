@@ -148,8 +148,8 @@ def main() -> None:
         rounds = [one_round(args) for _ in range(max(1, args.rounds))]
     consume_rate, publish_rate, migration_rate = (statistics.median(column) for column in zip(*rounds, strict=True))
     result = {
-        "source": str(bridgeq.connect(args.source).url),
-        "destination": str(bridgeq.connect(args.destination).url),
+        "source": str(resolve(args.source)),
+        "destination": str(resolve(args.destination)),
         "messages": args.messages,
         "rounds": len(rounds),
         "publisher": "thread" if args.in_process else "auto",

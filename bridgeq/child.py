@@ -69,6 +69,11 @@ def records_of(deliveries: Iterable[Delivery]) -> list[Record]:
     return [(d.id, d.body, dict(d.headers) if d.headers else None, d.key) for d in deliveries]
 
 
+def redelivered(deliveries: Iterable[Delivery]) -> bool:
+    """Whether some of ``deliveries`` were delivered before (to this group)."""
+    return any(d.attempt > 1 for d in deliveries)
+
+
 class Packed(Sequence[Delivery]):
     """A batch as a source process sent it: the records still pickled. A publisher process
     takes the pickle as it is; the deliveries are unpickled here only if something asks for them."""

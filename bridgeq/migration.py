@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from bridgeq import api
-from bridgeq.child import ChildStartError, Failed, Packed
+from bridgeq.child import ChildStartError, Failed, Packed, redelivered
 from bridgeq.errors import ConfigError
 from bridgeq.manifest import Manifest, fingerprint_lines
 from bridgeq.message import Delivery
@@ -400,17 +400,12 @@ def _fresh(manifest: Manifest, chunk: Sequence[Delivery], flagged: bool) -> Sequ
     (a batch from a source process then stays packed, to go on to the publisher as it came). With a
     source whose attempt counts are exact (``flagged``), a batch of first deliveries is all fresh:
     only redeliveries can have been moved before, so only their batches are looked up."""
-    if flagged and not _redelivered(chunk):
+    if flagged and not (chunk.redelivered if type(chunk) is Packed else redelivered(chunk)):
         return chunk
     if type(chunk) is Packed:
         unseen = manifest.unseen(chunk.deliveries)
         return chunk if len(unseen) == len(chunk) else unseen
     return manifest.unseen(chunk)
-
-
-def _redelivered(chunk: Sequence[Delivery]) -> bool:
-    """Whether some of ``chunk`` was delivered before (to this group)."""
-    return chunk.redelivered if type(chunk) is Packed else any(d.attempt > 1 for d in chunk)
 
 
 def _drain(events: queue.SimpleQueue[_Event], block: bool = True) -> list[_Event]:

@@ -3,7 +3,7 @@
 The migration hands each batch to a relay with a sequence number; the relay
 publishes the batches in order (all those waiting as one group, so one wait
 for the destination's confirmations) and reports :class:`Published` for
-each, with its fingerprints if asked, once the destination confirmed it, or
+each, with its manifest lines if asked, once the destination confirmed it, or
 :class:`Failed`. The next group is begun (``Backend.begin_publish``) before
 the one ahead of it is awaited, so with a destination that confirms
 asynchronously (Kafka) the relay does not sit idle while it confirms.

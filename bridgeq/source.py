@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import IO, Any, NamedTuple, cast
 
 from bridgeq import api
-from bridgeq.child import Child, Failed, Packed, Replies, describe, read_frame, records_of, run_child
+from bridgeq.child import Child, Failed, Packed, Replies, describe, read_frame, records_of, redelivered, run_child
 from bridgeq.errors import BridgeqError
 from bridgeq.manifest import fingerprint_lines
 from bridgeq.message import Delivery
@@ -272,8 +272,7 @@ class _Replies:
                 self._held.append(chunk)
             packed = pickle.dumps(records_of(chunk), pickle.HIGHEST_PROTOCOL)
             lines = fingerprint_lines(chunk) if self.fingerprinting else ""
-            redelivered = any(d.attempt > 1 for d in chunk)
-            self._replies.send(("chunk", (len(chunk), packed, lines, redelivered)))
+            self._replies.send(("chunk", (len(chunk), packed, lines, redelivered(chunk))))
         elif type(event) is Failed:
             self._replies.send(("failed", describe(event.error)))
         else:

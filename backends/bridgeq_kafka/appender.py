@@ -8,9 +8,9 @@ makes a future for every record, whose result ``publish`` only needs per batch.
 Here a run of records bound for one partition goes into that partition's
 batches under one lock per batch, and each record is answered with the batch
 it went into: the batch's own future confirms it. Records are encoded into a
-batch by :func:`bridgeq_kafka.encoding.fill`, not its builder's ``append``. The batches are kafka-python's
-own, made as its accumulator makes them, so its sender drains, retries and
-expires them as usual. It is kafka-python's internals, so the extra pins
+batch by :func:`bridgeq_kafka.encoding.fill`, not its builder's ``append``. The
+batches are kafka-python's own, made as its accumulator makes them, so its
+sender drains, retries and expires them as usual. It is kafka-python's internals, so the extra pins
 kafka-python's minor version; a producer without them (or a transactional one)
 publishes through ``send``.
 
@@ -74,20 +74,17 @@ class Appender:
                     if accumulator._closed:
                         raise kx.IllegalStateError("the producer is closed")
                     batches = accumulator._batches[tp]
-                    if batches:
-                        batch = batches[-1]
-                        into = fill(batch.records, records, done, timestamp_ms)
-                        homes += [batch] * (into - done)
-                        done = into
-                        if done == end:
-                            break
-                    batch = ProducerBatch(tp, MemoryRecordsBuilder(*self._builder), time.monotonic())
-                    into = fill(batch.records, records, done, timestamp_ms)  # at least one: the batch is empty
-                    batches.append(batch)
-                    accumulator._incomplete.add(batch)
+                    batch = batches[-1] if batches else None
+                    into = done if batch is None else fill(batch.records, records, done, timestamp_ms)
+                    behind = False
+                    if into == done:  # no room left in the last batch (or none): a new one
+                        batch = ProducerBatch(tp, MemoryRecordsBuilder(*self._builder), time.monotonic())
+                        into = fill(batch.records, records, done, timestamp_ms)  # at least one: it is empty
+                        batches.append(batch)
+                        accumulator._incomplete.add(batch)
+                        behind = len(batches) > 1
                     homes += [batch] * (into - done)
                     done = into
-                    behind = len(batches) > 1
                 if behind:
                     self._wakeup()  # the batch before it is full and can go now
         finally:

@@ -24,9 +24,10 @@ from kafka.structs import OffsetAndMetadata
 from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost, PublishError
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
-from bridgeq_kafka.appender import Appender, Record, forget, outcome
+from bridgeq_kafka.appender import Appender, forget, outcome
 from bridgeq_kafka.config import client_config, raise_if_certificate_refused
 from bridgeq_kafka.consumer import KafkaMember
+from bridgeq_kafka.encoding import Record
 from bridgeq_kafka.errors import ERRORS, REBALANCING
 from bridgeq_kafka.ledger import acked_count
 from bridgeq_kafka.options import KafkaOptions
