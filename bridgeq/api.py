@@ -126,13 +126,17 @@ class Broker:
         max_deliveries: int | None = DEFAULT_MAX_DELIVERIES,
         dead_letter_topic: str | None = None,
         ack_batch: int | None = None,
+        read_ahead: bool = False,
     ) -> Subscription:
         """Join ``group`` on ``topic`` (declaring both). Close the subscription, or use ``with``.
 
         ``prefetch`` bounds deliveries held unacked; after ``max_deliveries`` attempts a
         message moves to ``dead_letter_topic`` (default ``<topic>.<group>.dlq``);
         None means redeliver forever. Acks are sent in batches of ``ack_batch``
-        (default: prefetch), before the next fetch, or within 50 ms.
+        (default: prefetch), before the next fetch, or within 50 ms. With ``read_ahead``,
+        the next batch is asked for while this one is handled, within prefetch (Redis: one
+        XREADGROUP kept in flight; RabbitMQ and Kafka deliver ahead anyway): for a consumer
+        that reads continuously; others in the group then find those messages taken.
         """
         self._check_open()
         check_name("topic", topic)
@@ -153,6 +157,7 @@ class Broker:
             max_deliveries=max_deliveries,
             dead_letter_topic=dead_letters,
             ack_batch=ack_batch or prefetch,
+            read_ahead=bool(read_ahead),
         )
         with self._lock:
             self._subscriptions.add(subscription)

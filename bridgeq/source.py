@@ -86,7 +86,7 @@ class ThreadSource(Source):
     ) -> None:
         self._stop = stop
         self._tally = Tally()
-        self._sub = broker.subscribe(reading.topic, reading.group, prefetch=reading.prefetch, max_deliveries=None)
+        self._sub = subscribe(broker, reading)
         self._thread = threading.Thread(
             target=read,
             args=(broker, self._sub, _Events(events, self), self._tally, reading, stop),
@@ -173,6 +173,14 @@ class _Events:
         self._events.put(event)
 
 
+def subscribe(broker: api.Broker, reading: Reading) -> api.Subscription:
+    """The reader's subscription: redelivered as often as it takes (the migration never dead-letters),
+    reading ahead (it reads continuously, and Redis then serves the next batch while this one is packed)."""
+    return broker.subscribe(
+        reading.topic, reading.group, prefetch=reading.prefetch, max_deliveries=None, read_ahead=True
+    )
+
+
 def read(broker: api.Broker, sub: Any, events: Any, tally: Tally, reading: Reading, stop: threading.Event) -> None:
     """The reader: batches from the source into ``events``, then None (Failed first, on error).
 
@@ -251,7 +259,7 @@ def _subscribe(setup: tuple[str, Reading]) -> tuple[api.Broker, Any, Reading]:
     url, reading = setup
     broker = api.connect(url)
     try:
-        sub = broker.subscribe(reading.topic, reading.group, prefetch=reading.prefetch, max_deliveries=None)
+        sub = subscribe(broker, reading)
     except BaseException:
         broker.close()
         raise

@@ -136,9 +136,17 @@ class BackendConsumer(ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Settle the deliveries for good: the group never receives them again."""
 
-    def ack_and_fetch(self, acks: Sequence[Delivery], max_messages: int, timeout: float) -> list[Delivery]:
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], max_messages: int, timeout: float, ahead: int = 0
+    ) -> list[Delivery]:
         """:meth:`ack` then :meth:`fetch`: acks made while another thread fetched go out with the next
-        fetch. A backend that can send both in one round trip overrides this (optional)."""
+        fetch. A backend that can send both in one round trip overrides this (optional).
+
+        ``ahead``: the consumer may also ask the broker now for up to this many more, for the next
+        call to return (which may then return more than its ``max_messages``, never more than this
+        ``ahead``): the subscription keeps both within its prefetch. A backend that pipelines its
+        requests uses it so the broker serves the next batch while this one is handled; one whose
+        broker pushes ahead within prefetch (RabbitMQ) or whose client fetches ahead (Kafka) ignores it."""
         self.ack(acks)
         return self.fetch(max_messages, timeout)
 

@@ -48,6 +48,7 @@ class Subscription:
         max_deliveries: int | None,
         dead_letter_topic: str,
         ack_batch: int,
+        read_ahead: bool = False,
     ) -> None:
         self.topic = topic
         self.group = group
@@ -57,6 +58,8 @@ class Subscription:
         self._broker = broker
         self._consumer = consumer
         self._ack_batch = ack_batch
+        self._read_ahead = read_ahead
+        self._asked_ahead = 0  # the consumer may have asked for this many more for the next fetch
         self._io = threading.RLock()  # serialises every call on the backend consumer
         self._state = threading.Lock()  # guards what follows
         self._room = threading.Condition(self._state)  # signalled when an ack frees prefetch room
@@ -165,11 +168,17 @@ class Subscription:
                     room = self.prefetch - self._outstanding
                     if room > 0:
                         wait = min(FETCH_SLICE, max(remaining, 0.0))
-                        if acks:
-                            fetched = self._consumer.ack_and_fetch(acks, min(want, room), wait)
+                        asked = min(want, room)
+                        if self._read_ahead:  # this fetch may return the last one's read-ahead
+                            ahead = max(0, min(want, room - max(asked, self._asked_ahead)))
+                            fetched = self._consumer.ack_and_fetch(acks, asked, wait, ahead)
+                            self._asked_ahead = ahead
+                            self._count_acked(acks)
+                        elif acks:
+                            fetched = self._consumer.ack_and_fetch(acks, asked, wait)
                             self._count_acked(acks)
                         else:
-                            fetched = self._consumer.fetch(min(want, room), wait)
+                            fetched = self._consumer.fetch(asked, wait)
                         if self._take(fetched):
                             self._outage = None
                             return

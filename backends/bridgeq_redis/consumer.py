@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -17,7 +17,7 @@ from bridgeq.message import EMPTY_HEADERS
 from bridgeq.spi import BackendConsumer, Delivery, translate_errors
 from bridgeq.wire import ID_HEADER
 
-from . import entries
+from . import entries, resp
 from .errors import ERRORS, is_group_gone
 from .scripts import REQUEUED_IDLE_MS
 
@@ -45,14 +45,25 @@ class RedisConsumer(BackendConsumer):
         self._context = f"reading {topic!r} as {group!r}"
         self._stream_group = (self._key.encode(), group.encode())
         self._read = [b"XREADGROUP", b"GROUP", group.encode(), self.name.encode(), b"COUNT"]
+        self._ahead: resp.InFlight | None = None  # an XREADGROUP sent and not yet read (see ack_and_fetch)
         self._streams = (b"STREAMS", self._stream_group[0], b">")
         self._entries = entries.shortcut(backend.body_field)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         return self.ack_and_fetch((), max_messages, timeout)
 
-    def ack_and_fetch(self, acks: Sequence[Delivery], max_messages: int, timeout: float) -> list[Delivery]:
-        """The XACK goes just ahead of the XREADGROUP, on the same connection: one round trip."""
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], max_messages: int, timeout: float, ahead: int = 0
+    ) -> list[Delivery]:
+        """The XACK goes just ahead of the XREADGROUP, on the same connection: one round trip. With
+        ``ahead``, after a full batch the next XREADGROUP (without BLOCK) is sent at once and its reply
+        read on the next call, so Redis serves it while this batch is handled."""
+        if self._ahead is not None:
+            due = time.monotonic() >= self._next_sweep  # then take the read-ahead and sweep on the next call
+            rows = self._take_ahead(acks, 0 if due else ahead)
+            acks = ()
+            if rows:
+                return self._deliveries(rows)
         now = time.monotonic()
         if now >= self._next_sweep:
             if acks:
@@ -62,22 +73,73 @@ class RedisConsumer(BackendConsumer):
             if claimed:  # perhaps more are waiting: sweep again next time
                 return claimed
             self._next_sweep = now + self._backend.sweep_seconds
-        command = [*self._read, b"%d" % max_messages]
-        block = int(timeout * 1000)
-        if block > 0:
-            command += (b"BLOCK", b"%d" % block)
-        command += self._streams
         with translate_errors(ERRORS, self._context):
             try:
-                reply = self._backend.call(command, self._entries, self._xack(acks) if acks else None)
+                reply = self._backend.call(
+                    self._fetch(max_messages, int(timeout * 1000)), self._entries, self._xack(acks) if acks else None
+                )
             except redis.ResponseError as exc:
                 if not is_group_gone(exc):
                     raise
                 self._regroup(exc)
                 return []
-        if not reply:
-            return []
-        rows = reply[0][1]  # [(entry id, id, body) in bridgeq's layout, or [entry id, [field, value, ...]]]
+            rows = reply[0][1] if reply else []  # [(entry id, id, body) in bridgeq's layout, or [entry id, fields]]
+            if ahead and len(rows) >= max_messages:
+                self._ahead = resp.InFlight(self._backend.client.connection_pool, self._entries)
+                self._ahead.send([self._fetch(ahead, 0)])
+        return self._deliveries(rows)
+
+    def _fetch(self, count: int, block_ms: int) -> list[bytes]:
+        """An XREADGROUP of up to ``count`` new entries, waiting up to ``block_ms`` for the first (0: not)."""
+        command = [*self._read, b"%d" % count]
+        if block_ms > 0:
+            command += (b"BLOCK", b"%d" % block_ms)
+        command += self._streams
+        return command
+
+    def _take_ahead(self, acks: Sequence[Delivery], ahead: int) -> list[Any]:
+        """The entries of the XREADGROUP read ahead. ``acks`` and, with ``ahead``, the next read-ahead go
+        out on its connection first, so they queue behind it; once nothing more is waiting, both are
+        read now and the connection goes back to the pool."""
+        in_flight, self._ahead = self._ahead, None
+        assert in_flight is not None
+        commands = [self._xack(acks)] if acks else []
+        if ahead:
+            commands.append(self._fetch(ahead, 0))
+        with translate_errors(ERRORS, self._context):
+            try:
+                if commands:
+                    in_flight.send(commands)
+                rows = self._rows(in_flight.read(in_flight.expected - len(commands)))
+                if rows and ahead:
+                    self._ahead = in_flight
+                    return rows
+                rows += self._rows(in_flight.read(in_flight.expected))
+                in_flight.release()
+            except redis.ResponseError as exc:
+                in_flight.discard()
+                if not is_group_gone(exc):
+                    raise
+                self._regroup(exc)
+                return []
+            except BaseException:
+                in_flight.discard()  # what it had read stays pending, and is claimed once idle
+                raise
+        return rows
+
+    @staticmethod
+    def _rows(replies: list[Any]) -> list[Any]:
+        """The entries in XREADGROUP replies (XACK replies among them say nothing); an error reply raised."""
+        rows: list[Any] = []
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+            if type(reply) is list:
+                rows += reply[0][1]
+        return rows
+
+    def _deliveries(self, rows: list[Any]) -> list[Delivery]:
+        """Deliveries of XREADGROUP's entries (first deliveries), held from now on."""
         deliver, topic, group = self._delivery, self._topic, self._group
         deliveries = [
             Delivery(entry[1].decode(errors="replace"), entry[2], EMPTY_HEADERS, None, topic, group, 1, entry[0])
@@ -188,6 +250,13 @@ class RedisConsumer(BackendConsumer):
             return
         self._closed = True
         self._backend.forget(self)
+        in_flight, self._ahead = self._ahead, None
+        if in_flight is not None:  # what it read goes back with the rest
+            try:
+                self._held.update([entry[0] for entry in self._rows(in_flight.read(in_flight.expected))])
+                in_flight.release()
+            except Exception:  # they stay pending and are claimed after claim_idle_ms
+                in_flight.discard()
         with self._lock:
             ids, self._held = list(self._held), set()
         try:

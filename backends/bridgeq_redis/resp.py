@@ -154,7 +154,16 @@ class Parser:
 
 def read(sock: socket.socket, count: int, shortcut: Shortcut | None = None) -> list[Any]:
     """``count`` replies read from ``sock``; connection trouble as redis-py's exceptions."""
-    parser, replies = Parser(shortcut), list[Any]()
+    parser = Parser(shortcut)
+    replies = _replies(sock, parser, count)
+    if parser.unread():
+        raise redis.InvalidResponse("Redis sent more than the replies asked for")
+    return replies
+
+
+def _replies(sock: socket.socket, parser: Parser, count: int) -> list[Any]:
+    """The next ``count`` replies through ``parser``, fed from ``sock`` as needed."""
+    replies = list[Any]()
     try:
         while len(replies) < count:
             reply = parser.reply()
@@ -169,18 +178,81 @@ def read(sock: socket.socket, count: int, shortcut: Shortcut | None = None) -> l
         raise redis.TimeoutError("Timeout reading from socket") from exc
     except OSError as exc:
         raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
-    if parser.unread():
-        raise redis.InvalidResponse("Redis sent more than the replies asked for")
     return replies
+
+
+def _connection(pool: redis.ConnectionPool) -> Any:
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py 5 names the command
+        return pool.get_connection("XADD")
+
+
+class InFlight:
+    """A pooled connection held while the replies to commands sent on it are still to come, so that
+    Redis works on them while this client does something else (a fetch read ahead). More commands
+    may follow before the replies are read; the replies come in order. On any error the connection
+    is closed: the replies still to come are lost."""
+
+    def __init__(self, pool: redis.ConnectionPool, shortcut: Shortcut | None = None) -> None:
+        self._pool = pool
+        self._connection: Any = _connection(pool)
+        self._parser = Parser(shortcut)
+        self.expected = 0
+        """Replies sent for and not yet read."""
+
+    def send(self, commands: Sequence[Sequence[bytes]]) -> None:
+        connection = self._held()
+        try:
+            connection.send_packed_command(pack(commands), check_health=False)
+            if connection._sock is None:  # closed by the send: its error was raised already
+                raise redis.ConnectionError("the connection closed")
+        except BaseException:
+            self.discard()
+            raise
+        self.expected += len(commands)
+
+    def read(self, count: int) -> list[Any]:
+        """The next ``count`` replies, errors as values (but raised where the connection is unusable)."""
+        connection = self._held()
+        try:
+            replies = _replies(connection._sock, self._parser, count)
+            for reply in replies:
+                if isinstance(reply, redis.ConnectionError):
+                    raise reply
+        except BaseException:
+            self.discard()
+            raise
+        self.expected -= count
+        return replies
+
+    def release(self) -> None:
+        """Give the connection back (closed first unless every reply was read). Idempotent."""
+        if self._connection is not None and (self.expected or self._parser.unread()):
+            self._connection.disconnect()
+        self._give_back()
+
+    def discard(self) -> None:
+        """Close the connection and give it back. Idempotent."""
+        if self._connection is not None:
+            self._connection.disconnect()
+        self._give_back()
+
+    def _held(self) -> Any:
+        if self._connection is None:
+            raise redis.ConnectionError("the connection was given back")
+        return self._connection
+
+    def _give_back(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool.release(connection)
 
 
 def send(pool: redis.ConnectionPool, chunks: list[bytes], replies: int, shortcut: Shortcut | None = None) -> list[Any]:
     """Write ``chunks`` on one pooled connection; return ``replies`` replies, errors as values
     (but raise those that mean the connection is unusable, as redis-py does)."""
-    try:
-        connection = pool.get_connection()
-    except TypeError:  # redis-py 5 names the command
-        connection = pool.get_connection("XADD")
+    connection = _connection(pool)
     try:
         connection.send_packed_command(chunks, check_health=False)
         if connection._sock is None:  # closed by the send: its error was raised already

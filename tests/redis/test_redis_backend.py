@@ -14,6 +14,7 @@ import bridgeq
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, PublishError
 from bridgeq.testing.targets import with_options
 from bridgeq_redis.errors import ERRORS
+from bridgeq_redis.scripts import REQUEUED_IDLE_MS
 
 
 def key(topic: str) -> str:
@@ -154,6 +155,44 @@ def test_close_hands_unacked_messages_back_at_once_and_leaves_the_group(broker, 
         assert time.monotonic() - started < 1.0
         assert sorted(d.id for d in again) == sorted(ids) and {d.attempt for d in again} == {2}
     # The second left with nothing pending; the first was removed once its entries were taken over.
+    assert raw.xinfo_consumers(key(topic), "g") == []
+
+
+def test_read_ahead_keeps_the_next_fetch_in_flight_within_prefetch(broker, topic, raw) -> None:
+    """With read_ahead the next XREADGROUP goes out before this batch is handed over; together they
+    never exceed prefetch, and the batches come in stream order."""
+    broker.declare(topic, "g")
+    ids = broker.publish_batch(topic, [f"m{i}" for i in range(30)])
+    with broker.subscribe(topic, "g", prefetch=25, read_ahead=True) as sub:
+        got = sub.receive_batch(10, timeout=5)
+        assert raw.xpending(key(topic), "g")["pending"] == 20  # ten handed over, ten read ahead
+        got += sub.receive_batch(8, timeout=5)  # from the read-ahead, which asked for 5 more: 25 in all
+        assert raw.xpending(key(topic), "g")["pending"] == 25
+        got += sub.receive_batch(10, timeout=5)  # the two left of the read-ahead
+        got += sub.receive_batch(10, timeout=5)  # the last read-ahead: no room for another
+        assert raw.xpending(key(topic), "g")["pending"] == 25
+        assert sub.receive_batch(10, timeout=0.3) == []  # at the prefetch limit
+        assert [d.id for d in got] == ids[:25]
+        sub.ack(got)
+        got += collect(sub, 5)
+        assert [d.id for d in got] == ids
+    assert raw.xpending(key(topic), "g")["pending"] == 0
+
+
+def test_read_ahead_entries_go_back_on_close(broker, topic, raw) -> None:
+    """What the last read-ahead got is handed back with the rest (made claimable at once, not after
+    claim_idle_ms), and another member gets all twenty."""
+    broker.declare(topic, "g")
+    ids = broker.publish_batch(topic, [f"m{i}" for i in range(20)])
+    first = broker.subscribe(topic, "g", prefetch=20, read_ahead=True)
+    assert len(first.receive_batch(10, timeout=5)) == 10
+    assert raw.xpending(key(topic), "g")["pending"] == 20
+    first.close()
+    pending = raw.xpending_range(key(topic), "g", min="-", max="+", count=100)
+    assert len(pending) == 20 and all(p["time_since_delivered"] >= REQUEUED_IDLE_MS for p in pending)
+    with broker.subscribe(topic, "g") as second:
+        again = collect(second, 20)
+    assert sorted(d.id for d in again) == sorted(ids)
     assert raw.xinfo_consumers(key(topic), "g") == []
 
 
