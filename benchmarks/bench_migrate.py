@@ -3,10 +3,11 @@
     python benchmarks/bench_migrate.py --source URL --destination URL [--messages N] [--batch B]
                                        [--rounds R] [--in-process] [--json]
 
-Rows: bridgeq's own consume rate on the source (receive_batch + ack), its batch
-publish rate on the destination, and the migration's rate (with a checkpoint,
-fsynced per batch); the ratio is migration / min(consume, publish). Each round
-measures all three in turn, on fresh topics; the table shows each row's median
+Rows: bridgeq's own consume rate on the source (receive_batch + ack), the same
+with ``read_ahead`` (as the migration reads), its batch publish rate on the
+destination, and the migration's rate (with a checkpoint, fsynced per batch);
+the ratios are migration / min(consume, publish), with either consume. Each round
+measures all four in turn, on fresh topics; the table shows each row's median
 over the rounds (so a burst of load from elsewhere on the machine skews one
 sample, not the ratio) and the range. On a Redis URL the benchmark pauses Redis's
 automatic AOF rewrites and RDB snapshots while it measures (its settings are put
@@ -16,7 +17,7 @@ on a small machine, takes a third of a core from whichever row runs then.
 threads of the benchmark's process instead of the migration's child processes.
 The migration's rate counts from its first message read (its child processes
 connected), as consume's counts from its first batch and publish's from the end
-of its first batch: no client's start-up is in any of the three.
+of its first batch: no client's start-up is in any of them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import raw_redis
 from rich.console import Console
@@ -58,9 +59,12 @@ def fill(url: str, topic: str, messages: int, size: int, batch: int, group: str)
         return (messages - first) / (time.perf_counter() - started)
 
 
-def consume(url: str, topic: str, group: str, messages: int, batch: int) -> float:
+def consume(url: str, topic: str, group: str, messages: int, batch: int, read_ahead: bool) -> float:
     """Read ``messages`` as ``group`` with receive_batch + ack; returns msg/s from the first delivery."""
-    with bridgeq.connect(url) as broker, broker.subscribe(topic, group, prefetch=batch * 2) as sub:
+    with (
+        bridgeq.connect(url) as broker,
+        broker.subscribe(topic, group, prefetch=batch * 2, read_ahead=read_ahead) as sub,
+    ):
         first = sub.receive_batch(batch, timeout=30)
         started = time.perf_counter()
         sub.ack(first)
@@ -102,13 +106,24 @@ def _configure(client: Any, settings: dict[str, str]) -> None:
         client.config_set(name, value)
 
 
-def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
-    """Consume, publish and migration rates, each on fresh topics (deleted afterwards)."""
+class Round(NamedTuple):
+    """One round's rates, msg/s."""
+
+    consume: float
+    consume_read_ahead: float
+    publish: float
+    migration: float
+
+
+def one_round(args: argparse.Namespace) -> Round:
+    """Consume (both ways), publish and migration rates, each on fresh topics (deleted afterwards)."""
     tag = uuid.uuid4().hex[:8]
-    consumed, published, migrated = f"bm-consume-{tag}", f"bm-publish-{tag}", f"bm-migrate-{tag}"
+    consumed, ahead, published, migrated = (f"bm-{row}-{tag}" for row in ("consume", "ahead", "publish", "migrate"))
     try:
         fill(args.source, consumed, args.messages, args.size, args.batch, "bench")
-        consume_rate = consume(args.source, consumed, "bench", args.messages, args.batch)
+        consume_rate = consume(args.source, consumed, "bench", args.messages, args.batch, read_ahead=False)
+        fill(args.source, ahead, args.messages, args.size, args.batch, "bench")
+        ahead_rate = consume(args.source, ahead, "bench", args.messages, args.batch, read_ahead=True)
         publish_rate = fill(args.destination, published, args.messages, args.size, args.batch, "bench")
         fill(args.source, migrated, args.messages, args.size, args.batch, DEFAULT_GROUP)
         with tempfile.TemporaryDirectory() as folder:
@@ -124,11 +139,19 @@ def one_round(args: argparse.Namespace) -> tuple[float, float, float]:
             )
         assert report.moved == args.messages, report
     finally:
-        for url, topics in ((args.source, (consumed, migrated)), (args.destination, (published, migrated))):
+        for url, topics in ((args.source, (consumed, ahead, migrated)), (args.destination, (published, migrated))):
             with bridgeq.connect(url) as broker:
                 for topic in topics:
                     broker.delete(topic)
-    return consume_rate, publish_rate, report.rate
+    return Round(consume_rate, ahead_rate, publish_rate, report.rate)
+
+
+def ratios(rates: Round) -> tuple[float, float]:
+    """Migration / the slower of consume and publish: with consume as is, and with read_ahead."""
+    return (
+        rates.migration / min(rates.consume, rates.publish),
+        rates.migration / min(rates.consume_read_ahead, rates.publish),
+    )
 
 
 def main() -> None:
@@ -146,7 +169,8 @@ def main() -> None:
     urls = [] if args.keep_redis_saves else [args.source, args.destination]
     with redis_saves_paused(urls) as paused:
         rounds = [one_round(args) for _ in range(max(1, args.rounds))]
-    consume_rate, publish_rate, migration_rate = (statistics.median(column) for column in zip(*rounds, strict=True))
+    median = Round(*(statistics.median(column) for column in zip(*rounds, strict=True)))
+    ratio, ratio_ahead = ratios(median)
     result = {
         "source": str(resolve(args.source)),
         "destination": str(resolve(args.destination)),
@@ -154,11 +178,16 @@ def main() -> None:
         "rounds": len(rounds),
         "publisher": "thread" if args.in_process else "auto",
         "redis_saves_paused": bool(paused),
-        "consume_rate_source": consume_rate,
-        "publish_rate_destination": publish_rate,
-        "migration_rate": migration_rate,
-        "ratio": migration_rate / min(consume_rate, publish_rate),
-        "per_round": [{"consume": c, "publish": p, "migration": m, "ratio": m / min(c, p)} for c, p, m in rounds],
+        "consume_rate_source": median.consume,
+        "consume_read_ahead_rate_source": median.consume_read_ahead,
+        "publish_rate_destination": median.publish,
+        "migration_rate": median.migration,
+        "ratio": ratio,
+        "ratio_read_ahead": ratio_ahead,
+        "per_round": [
+            {**rates._asdict(), "ratio": both[0], "ratio_read_ahead": both[1]}
+            for rates, both in ((rates, ratios(rates)) for rates in rounds)
+        ],
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -172,18 +201,20 @@ def main() -> None:
     table.add_column("row")
     table.add_column("msg/s", justify="right")
     table.add_column("range", justify="right")
-    spread = [(min(column), max(column)) for column in zip(*rounds, strict=True)]
-    rows = (
-        ("bridgeq consume on the source (receive_batch + ack)", consume_rate),
-        ("bridgeq batch publish on the destination", publish_rate),
-        ("migration (checkpointed, confirmed, acked)", migration_rate),
+    labels = (
+        "bridgeq consume on the source (receive_batch + ack)",
+        "the same, read_ahead=True (as the migration reads)",
+        "bridgeq batch publish on the destination",
+        "migration (checkpointed, confirmed, acked)",
     )
-    for (label, rate), (low, high) in zip(rows, spread, strict=True):
-        table.add_row(label, f"{rate:,.0f}", f"{low:,.0f} - {high:,.0f}")
-    ratios = [r["ratio"] for r in result["per_round"]]
-    table.add_row(
-        "ratio migration / slower of the two", f"{result['ratio']:.2f}x", f"{min(ratios):.2f} - {max(ratios):.2f}"
-    )
+    for label, rate, column in zip(labels, median, zip(*rounds, strict=True), strict=True):
+        table.add_row(label, f"{rate:,.0f}", f"{min(column):,.0f} - {max(column):,.0f}")
+    for label, value, key in (
+        ("ratio migration / slower of consume and publish", ratio, "ratio"),
+        ("the same with consume read_ahead=True", ratio_ahead, "ratio_read_ahead"),
+    ):
+        per_round = [r[key] for r in result["per_round"]]
+        table.add_row(label, f"{value:.2f}x", f"{min(per_round):.2f} - {max(per_round):.2f}")
     Console().print(table)
 
 

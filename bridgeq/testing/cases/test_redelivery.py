@@ -112,13 +112,15 @@ def test_unacked_messages_come_back_after_close(broker, names, size):
         assert {d.attempt for d in again} == {2}
 
 
-def test_repeated_open_read_close_cycles_lose_nothing(broker, names, size):
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["plain", "read_ahead"])
+def test_repeated_open_read_close_cycles_lose_nothing(broker, names, size, read_ahead):
+    """With read_ahead, each close also gives back the next batch, read ahead and never handed over."""
     topic, group, ids = _declared(broker, names, size.n(60, 1000))
     seen: set[str] = set()
     cycles = 0
     while cycles < len(ids) and seen != set(ids):  # each cycle acks at least one, unless messages stop
         cycles += 1
-        with broker.subscribe(topic, group, prefetch=7) as sub:
+        with broker.subscribe(topic, group, prefetch=14 if read_ahead else 7, read_ahead=read_ahead) as sub:
             batch = sub.receive_batch(7, timeout=5.0)
             for n, delivery in enumerate(batch):
                 if n < 5:  # the rest go back unacked at close
