@@ -96,9 +96,10 @@ class Bench:
         """A stream of ``messages`` bridgeq entries, with groups 'bq' and 'raw' at its start."""
         return common.fill(self.broker, self.topic(), self.messages, self.batch, self.body)
 
-    def consume_bridgeq(self, topic: str, bulk_ack: bool) -> float:
+    def consume_bridgeq(self, topic: str, bulk_ack: bool, read_ahead: bool = False) -> float:
         batch = self.batch
-        with self.broker.subscribe(topic, "bq", prefetch=batch, max_deliveries=None) as sub:
+        prefetch = 2 * batch if read_ahead else batch  # room for the batch read ahead
+        with self.broker.subscribe(topic, "bq", prefetch=prefetch, max_deliveries=None, read_ahead=read_ahead) as sub:
 
             def run() -> None:
                 received = 0
@@ -189,6 +190,7 @@ def main() -> None:
     }
     if hasattr(Subscription, "ack"):
         rows[f"consume: receive_batch({args.batch}) + sub.ack(batch) (msg/s)"] = []
+        rows[f"consume: the same, read_ahead=True, prefetch {2 * args.batch} (msg/s)"] = []
     single, batched, consume, *consume_bulk = rows.values()
     try:
         bench.single_bridgeq(500), bench.single_raw(500), bench.batch_bridgeq(), bench.batch_raw()  # warm-up
@@ -200,9 +202,9 @@ def main() -> None:
             batched.append((bench.batch_bridgeq(), bench.batch_raw()))
             topic = bench.filled()
             consume.append((bench.consume_bridgeq(topic, bulk_ack=False), bench.consume_raw(topic)))
-            if consume_bulk:
+            for row, read_ahead in zip(consume_bulk, (False, True), strict=False):
                 topic = bench.filled()
-                consume_bulk[0].append((bench.consume_bridgeq(topic, bulk_ack=True), bench.consume_raw(topic)))
+                row.append((bench.consume_bridgeq(topic, True, read_ahead), bench.consume_raw(topic)))
             lat_bq += bench.latency("bridgeq", per_round)
             lat_raw += bench.latency("raw", per_round)
     finally:
