@@ -46,6 +46,10 @@ READ_AHEAD = 32
 counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel, and
 the reader goes on through a pause of the destination's (a JVM collection: tens of milliseconds). They are
 held in memory twice (by the reader and here): for large messages, lower ``batch``."""
+READ_AHEAD_BYTES = 256 << 20
+"""Bodies read and not yet acked, at most (plus the batch being read, and on Redis the one read ahead): with
+large messages, READ_AHEAD batches would be too much to hold. RabbitMQ pushes up to the prefetch (READ_AHEAD
+batches) regardless: lower ``batch``."""
 RELAY_BEHIND = 2
 """With more batches than this read and waiting for room in the window, the relay is the slower side:
 fingerprints are then computed on the reading side. (Batches unconfirmed say nothing: a destination
@@ -134,8 +138,9 @@ def migrate(
     with it, when ``stop`` is set (Ctrl-C / SIGTERM in the CLI), after the batches
     in flight are confirmed and acked. At most ``WINDOW`` batches of ``batch`` are
     in flight: the bound on duplicates after a crash (``in_flight_window``); up to
-    ``READ_AHEAD`` batches are read ahead of the acks, which bounds memory (for
-    large messages, lower ``batch``).
+    ``READ_AHEAD`` batches, and ``READ_AHEAD_BYTES`` of bodies, are read ahead of
+    the acks, which bounds memory (a RabbitMQ source pushes up to READ_AHEAD
+    batches whatever their size: for large messages, lower ``batch``).
 
     ``publisher_process``: publish from a child process that connects to
     ``destination`` itself (True), or from a thread of this one (False). The
@@ -185,7 +190,7 @@ def migrate(
         try:
             report.resumed = manifest.resumed
             stop = stop or threading.Event()
-            reading = Reading(topic, group, batch, READ_AHEAD * batch, idle_timeout, follow, rate)
+            reading = Reading(topic, group, batch, READ_AHEAD * batch, READ_AHEAD_BYTES, idle_timeout, follow, rate)
             reader = _reader(src, source, reading, events, stop, source_process, report)
             _move(src, reader, relay, events, manifest, report, batch, progress, stop)
         finally:

@@ -52,6 +52,8 @@ class Reading:
     group: str
     batch: int
     prefetch: int
+    max_bytes: int
+    """Bodies read and not yet acked, in bytes: reading pauses at this (and goes on once acks free room)."""
     idle_timeout: float
     follow: bool
     rate: float | None
@@ -158,6 +160,8 @@ class Tally:
 
     read: int = 0
     settled: int = 0
+    read_bytes: int = 0  # of their bodies
+    settled_bytes: int = 0
 
 
 class _Events:
@@ -195,6 +199,10 @@ def read(broker: api.Broker, sub: Any, events: Any, tally: Tally, reading: Readi
     try:
         while not stop.is_set():
             in_flight = tally.read > tally.settled  # then poll: each fetch sends the acks made meanwhile
+            if in_flight and tally.read_bytes - tally.settled_bytes >= reading.max_bytes:
+                stop.wait(IN_FLIGHT_POLL)  # large messages: wait for acks to free room
+                quiet_since = time.monotonic()
+                continue
             chunk = sub.receive_batch(batch, timeout=IN_FLIGHT_POLL if in_flight else 0.5 if follow else idle_timeout)
             if not chunk:
                 if follow:
@@ -208,6 +216,7 @@ def read(broker: api.Broker, sub: Any, events: Any, tally: Tally, reading: Readi
                 continue
             quiet_since = time.monotonic()
             tally.read += len(chunk)
+            tally.read_bytes += body_bytes(chunk)
             events.put(Chunk(chunk))
             if rate:
                 pace(started, tally.read, rate, stop)
@@ -221,6 +230,11 @@ def _ack(sub: Any, tally: Tally, chunks: Sequence[Sequence[Delivery]]) -> None:
     deliveries = [d for chunk in chunks for d in chunk]
     sub.ack(deliveries)
     tally.settled += len(deliveries)
+    tally.settled_bytes += body_bytes(deliveries)
+
+
+def body_bytes(deliveries: Sequence[Delivery]) -> int:
+    return sum(map(len, [d.body for d in deliveries]))
 
 
 def _give_back(sub: Any, unacked: Sequence[Sequence[Delivery]]) -> None:
