@@ -14,16 +14,16 @@ sender drains, retries and expires them as usual. It is kafka-python's internals
 kafka-python's minor version; a producer without them (or a transactional one)
 publishes through ``send``.
 
-One difference: a batch the broker refuses as too large is split by kafka-python
-and its halves confirm only per-record futures, which these records do not
-have. Their publish then ends with a timeout error (at-least-once: the records
-are sent again) instead of a confirmation. Batches are at most ``batch_size``
-(64 KiB by default), far below the broker's ``message.max.bytes``, so only a
-topic whose ``max.message.bytes`` is set below ``batch_size`` can see it.
+A batch the broker refuses as too large (a topic whose ``max.message.bytes`` is
+below ``batch_size``) is split by kafka-python, which then answers only per-record
+futures, and these records have none: :class:`Appender` completes the batch
+itself once its halves are confirmed (or one fails).
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +49,16 @@ class Appender:
         self._wakeup = producer._sender.wakeup
         config = accumulator.config
         self._builder = (config["message_version"], config["compression_attrs"], config["batch_size"])
+        split = accumulator.split_and_reenqueue
+
+        def split_and_answer(batch: ProducerBatch, now: float | None = None) -> int:
+            count: int = split(batch, now)
+            with accumulator._tp_lock(batch.topic_partition):  # the halves are at the front, in order
+                halves = list(itertools.islice(accumulator._batches[batch.topic_partition], count))
+            answer_when_split(batch.produce_future, halves)
+            return count
+
+        accumulator.split_and_reenqueue = split_and_answer  # called on the sender's thread, which drains too
 
     @staticmethod
     def usable(producer: KafkaProducer) -> bool:
@@ -59,6 +69,7 @@ class Appender:
             accumulator is not None
             and hasattr(accumulator, "_batches")
             and hasattr(producer, "_sender")
+            and hasattr(accumulator, "split_and_reenqueue")
             and accumulator.config.get("message_version") == 2  # the record format fill() writes
             and (transactions is None or not transactions.is_transactional())
         )
@@ -94,6 +105,28 @@ class Appender:
     def done(self) -> None:
         """The last batch goes now, without waiting for linger_ms."""
         self._wakeup()
+
+
+def answer_when_split(future: Any, halves: Sequence[ProducerBatch]) -> None:
+    """Complete the ``future`` of a batch kafka-python split into ``halves``: once all are confirmed,
+    or as the first fails (a record error is the batch's, as :func:`outcome` reads it)."""
+    left = len(halves)
+    lock = threading.Lock()
+
+    def settled(error: BaseException | None) -> None:
+        nonlocal left
+        with lock:
+            left -= 1
+            if future.is_done:
+                return
+            if error is not None:
+                future.failure(error)
+            elif not left:
+                future.success((-1, -1, None))
+
+    for half in halves:
+        half.produce_future.add_callback(lambda value: settled(None if value[2] is None else value[2](0)))
+        half.produce_future.add_errback(settled)
 
 
 def forget(producer: KafkaProducer, topic: str) -> None:

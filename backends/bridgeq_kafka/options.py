@@ -32,7 +32,9 @@ class KafkaOptions:
     acks: Literal["all", "1"] = option("all", "publish confirmation: 'all' in-sync replicas (idempotent) or the leader")
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = option("none", "producer compression codec")
     linger_ms: int = option(0, "producer: wait this long for more messages before sending a batch")
-    batch_size: int = option(65536, "producer: bytes per partition batch")
+    batch_size: int = option(
+        262144, "producer: bytes per partition batch (a topic whose max.message.bytes is lower splits them)"
+    )
     max_message_size: int = option(
         1_000_000, "largest message accepted: body + id + key + headers, bytes (below the broker's message.max.bytes)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -263,3 +264,24 @@ def test_a_deleted_topic_leaves_the_producer(broker, topic) -> None:
     _, _, unknown_leaders = producer._accumulator.ready(producer._metadata)
     assert not unknown_leaders
     assert not [tp for tp in producer._accumulator._batches if tp.topic.endswith(gone)]
+
+
+def test_a_batch_too_large_for_its_topic_is_split_and_still_confirmed(kafka_url, topic, settings, caplog) -> None:
+    """A topic whose max.message.bytes is below batch_size: the broker refuses the batch, kafka-python
+    splits it, and the halves' confirmations answer publish (not a timeout error after timeout_ms)."""
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(**settings)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "20000"})])
+    finally:
+        admin.close()
+    with bridgeq.connect(with_options(kafka_url, timeout_ms=5000)) as broker:
+        broker.declare(topic, "g")
+        messages = [bridgeq.Message(b"%04d" % i + b"." * 200, key="k") for i in range(500)]  # ~120 KB
+        with caplog.at_level(logging.WARNING, logger="kafka.producer.sender"):
+            ids = broker.publish_batch(topic, messages)
+        assert "splitting batch" in caplog.text
+        with broker.subscribe(topic, "g", prefetch=500) as sub:
+            got = collect(sub, len(ids))
+    assert [d.id for d in got] == ids and [d.body for d in got] == [m.body for m in messages]
