@@ -45,7 +45,7 @@ READ_AHEAD = 32
 """Batches read and not yet acked (the source subscription's prefetch): more than WINDOW, so a broker that
 counts what sits in socket buffers against its prefetch (RabbitMQ) keeps delivering while acks travel, and
 the reader goes on through a pause of the destination's (a JVM collection: tens of milliseconds). They are
-held in memory twice (by the reader and here): for large messages, lower ``batch``."""
+held in memory twice (by the reader and here), and bounded in bytes too: see READ_AHEAD_BYTES."""
 READ_AHEAD_BYTES = 256 << 20
 """Bodies read and not yet acked, at most (plus the batch being read, and on Redis the one read ahead): with
 large messages, READ_AHEAD batches would be too much to hold. RabbitMQ pushes up to the prefetch (READ_AHEAD

@@ -143,9 +143,9 @@ class BackendConsumer(ABC):
         fetch. A backend that can send both in one round trip overrides this (optional).
 
         ``ahead``: the consumer may also ask the broker now for up to this many more, for the next
-        call to return (which may then return more than its ``max_messages``, never more than this
-        ``ahead``): the subscription keeps both within its prefetch. A backend that pipelines its
-        requests uses it so the broker serves the next batch while this one is handled; one whose
+        call to return (that call may then return up to this many, even beyond its own
+        ``max_messages``); the subscription keeps both within its prefetch. A backend that pipelines
+        its requests uses it so the broker serves the next batch while this one is handled; one whose
         broker pushes ahead within prefetch (RabbitMQ) or whose client fetches ahead (Kafka) ignores it."""
         self.ack(acks)
         return self.fetch(max_messages, timeout)

@@ -45,9 +45,9 @@ class RedisConsumer(BackendConsumer):
         self._context = f"reading {topic!r} as {group!r}"
         self._stream_group = (self._key.encode(), group.encode())
         self._read = [b"XREADGROUP", b"GROUP", group.encode(), self.name.encode(), b"COUNT"]
-        self._ahead: resp.InFlight | None = None  # an XREADGROUP sent and not yet read (see ack_and_fetch)
         self._streams = (b"STREAMS", self._stream_group[0], b">")
         self._entries = entries.shortcut(backend.body_field)
+        self._ahead: resp.InFlight | None = None  # an XREADGROUP sent and not yet read (see ack_and_fetch)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
         return self.ack_and_fetch((), max_messages, timeout)
