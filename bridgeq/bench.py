@@ -6,6 +6,7 @@ import statistics
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from bridgeq.aio import AsyncBroker
 from bridgeq.api import Broker
@@ -27,13 +28,19 @@ class BenchResult:
     latency_p50_ms: float
     latency_p99_ms: float
     latency_samples: int
+    read_ahead: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 def run_bench(
-    broker: Broker, messages: int = 10_000, size: int = 100, batch: int = 100, latency_samples: int = 200
+    broker: Broker,
+    messages: int = 10_000,
+    size: int = 100,
+    batch: int = 100,
+    latency_samples: int = 200,
+    read_ahead: bool = False,
 ) -> BenchResult:
     """Publish ``messages`` in batches, consume them with batched acks, then time round trips."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
@@ -42,7 +49,7 @@ def run_bench(
     try:
         body = b"x" * size
         batches = [[Message(body) for _ in range(min(batch, messages - i))] for i in range(0, messages, batch)]
-        with broker.subscribe(topic, group, prefetch=max(batch, 100)) as sub:
+        with broker.subscribe(topic, group, **reading(batch, read_ahead)) as sub:
             sub.receive(timeout=0.5)  # join before timing
             started = time.perf_counter()
             for chunk in batches:
@@ -62,11 +69,16 @@ def run_bench(
             latencies = _round_trips(broker, sub, topic, body, latency_samples)
     finally:
         broker.delete(topic)
-    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies)
+    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies, read_ahead)
 
 
 async def run_bench_async(
-    broker: AsyncBroker, messages: int = 10_000, size: int = 100, batch: int = 100, latency_samples: int = 200
+    broker: AsyncBroker,
+    messages: int = 10_000,
+    size: int = 100,
+    batch: int = 100,
+    latency_samples: int = 200,
+    read_ahead: bool = False,
 ) -> BenchResult:
     """:func:`run_bench` through :mod:`bridgeq.aio`, the same steps awaited."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
@@ -75,7 +87,7 @@ async def run_bench_async(
     try:
         body = b"x" * size
         batches = [[Message(body) for _ in range(min(batch, messages - i))] for i in range(0, messages, batch)]
-        async with broker.subscribe(topic, group, prefetch=max(batch, 100)) as sub:
+        async with broker.subscribe(topic, group, **reading(batch, read_ahead)) as sub:
             await sub.receive(timeout=0.5)
             started = time.perf_counter()
             for chunk in batches:
@@ -103,11 +115,24 @@ async def run_bench_async(
                 await probe.ack()
     finally:
         await broker.delete(topic)
-    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies)
+    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies, read_ahead)
+
+
+def reading(batch: int, read_ahead: bool) -> dict[str, Any]:
+    """The bench subscription's options: with read_ahead, prefetch leaves room for the batch read ahead."""
+    prefetch = max(batch, 100)
+    return {"prefetch": 2 * prefetch, "read_ahead": True} if read_ahead else {"prefetch": prefetch}
 
 
 def _result(
-    url: str, messages: int, size: int, batch: int, publish_rate: float, consume_rate: float, latencies: list[float]
+    url: str,
+    messages: int,
+    size: int,
+    batch: int,
+    publish_rate: float,
+    consume_rate: float,
+    latencies: list[float],
+    read_ahead: bool,
 ) -> BenchResult:
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return BenchResult(
@@ -120,6 +145,7 @@ def _result(
         latency_p50_ms=quantiles[49],
         latency_p99_ms=quantiles[98],
         latency_samples=len(latencies),
+        read_ahead=read_ahead,
     )
 
 
@@ -152,4 +178,5 @@ def median_result(results: list[BenchResult]) -> BenchResult:
         latency_p50_ms=statistics.median(r.latency_p50_ms for r in results),
         latency_p99_ms=statistics.median(r.latency_p99_ms for r in results),
         latency_samples=sum(r.latency_samples for r in results),
+        read_ahead=first.read_ahead,
     )

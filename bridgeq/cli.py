@@ -301,7 +301,10 @@ def stats(url: str, topic: str, group: str, interval: float) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--async", "through_asyncio", is_flag=True, help="also run through bridgeq.aio and compare")
 @click.option("--rounds", default=1, show_default=True, help="alternate runs; the median of each figure is shown")
-def bench(url: str, messages: int, size: int, batch: int, as_json: bool, through_asyncio: bool, rounds: int) -> None:
+@click.option("--read-ahead", is_flag=True, help="consume with read_ahead=True (and room for it in prefetch)")
+def bench(
+    url: str, messages: int, size: int, batch: int, as_json: bool, through_asyncio: bool, rounds: int, read_ahead: bool
+) -> None:
     """Measure R (publish), C (consume+ack) and publish->receive latency p50/p99."""
     import asyncio
 
@@ -310,20 +313,21 @@ def bench(url: str, messages: int, size: int, batch: int, as_json: bool, through
 
     async def async_run() -> BenchResult:
         async with aio.connect(url) as broker:
-            return await run_bench_async(broker, messages, size, batch)
+            return await run_bench_async(broker, messages, size, batch, read_ahead=read_ahead)
 
     runs: dict[str, list[BenchResult]] = {"sync": [], "asyncio": []}
     with err.status(f"benchmarking {url}: {messages:,} messages of {size} B, {rounds} round(s)"):
         for _ in range(rounds):
             with _connected(url) as broker:
-                runs["sync"].append(run_bench(broker, messages, size, batch))
+                runs["sync"].append(run_bench(broker, messages, size, batch, read_ahead=read_ahead))
             if through_asyncio:
                 runs["asyncio"].append(asyncio.run(async_run()))
     results = {api: median_result(found) for api, found in runs.items() if found}
     if as_json:
         click.echo(json.dumps({api: r.as_dict() for api, r in results.items()}, indent=2))
         return
-    table = Table(title=f"bridgeq bench {results['sync'].url}: {messages:,} x {size} B, batch {batch}")
+    reads = ", read ahead" if read_ahead else ""
+    table = Table(title=f"bridgeq bench {results['sync'].url}: {messages:,} x {size} B, batch {batch}{reads}")
     for column in ("API", "R publish msg/s", "C consume+ack msg/s", "latency p50 ms", "latency p99 ms"):
         table.add_column(column, justify="right")
     for api, result in results.items():

@@ -117,3 +117,16 @@ def test_migrate_in_process_flag_reaches_migrate(monkeypatch, flags, expected):
     )
     assert result.exit_code == 0, result.output
     assert seen["publisher_process"] is expected and seen["source_process"] is expected
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_bench_measures_publish_consume_and_latency(read_ahead: bool) -> None:
+    args = ["bench", "memory://", "--messages", "2000", "--batch", "100", "--async", "--json"]
+    result = CliRunner().invoke(main, args + (["--read-ahead"] if read_ahead else []))
+    assert result.exit_code == 0, result.output
+    runs = json.loads(result.output)
+    assert set(runs) == {"sync", "asyncio"}
+    for run in runs.values():
+        assert run["messages"] == 2000 and run["read_ahead"] is read_ahead
+        assert run["publish_rate"] > 0 and run["consume_rate"] > 0 and run["latency_samples"] == 200
+        assert 0 < run["latency_p50_ms"] <= run["latency_p99_ms"]
