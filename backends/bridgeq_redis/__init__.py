@@ -28,9 +28,9 @@ Publishing
     One write per ``publish`` call, however many messages: the XADDs are
     packed into RESP here (their arguments are already bytes) and sent on a
     pooled redis-py connection, one reply read per entry. These replies and
-    XREADGROUP's are parsed by ``resp.py`` from whole buffers, not one
-    element at a time as redis-py does (a third to a half of the client's
-    time for the hot commands).
+    XREADGROUP's are read by hiredis into plain lists (``resp.py``), not
+    turned into tuples and dicts entry by entry as redis-py does (most of
+    the client's time for the hot commands).
     XADD is never retried (see Connections). A refused entry (e.g. the key
     holds another type, or the server is out of memory) raises PublishError
     naming exactly the refused messages; the others were stored.

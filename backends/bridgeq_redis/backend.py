@@ -200,14 +200,12 @@ class RedisBackend(Backend):
                 except Exception as exc:
                     log.warning("renewing the claims of %r failed (retried soon): %r", consumer, exc)
 
-    def call(
-        self, command: Sequence[bytes], shortcut: resp.Shortcut | None = None, before: Sequence[bytes] | None = None
-    ) -> Any:
-        """The reply to a hot command (XREADGROUP, XACK), parsed by ``resp``, with ``before`` sent just
+    def call(self, command: Sequence[bytes], before: Sequence[bytes] | None = None) -> Any:
+        """The reply to a hot command (XREADGROUP, XACK), read by ``resp``, with ``before`` sent just
         ahead of it in the same round trip; retried after connection errors like redis-py's commands
         (so never XADD)."""
         pool = self.client.connection_pool
-        return self._retry.call_with_retry(lambda: resp.call(pool, command, shortcut, before), _ignore)
+        return self._retry.call_with_retry(lambda: resp.call(pool, command, before), _ignore)
 
     def claim(self, key: str, group: str, name: str, count: int) -> list[list[Any]]:
         claimed: list[list[Any]] = self._claim(keys=[key], args=[group, name, self.claim_idle_ms, count])

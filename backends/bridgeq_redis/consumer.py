@@ -17,7 +17,7 @@ from bridgeq.message import EMPTY_HEADERS
 from bridgeq.spi import BackendConsumer, Delivery, translate_errors
 from bridgeq.wire import ID_HEADER
 
-from . import entries, resp
+from . import resp
 from .errors import ERRORS, is_group_gone
 from .scripts import REQUEUED_IDLE_MS
 
@@ -46,7 +46,6 @@ class RedisConsumer(BackendConsumer):
         self._stream_group = (self._key.encode(), group.encode())
         self._read = [b"XREADGROUP", b"GROUP", group.encode(), self.name.encode(), b"COUNT"]
         self._streams = (b"STREAMS", self._stream_group[0], b">")
-        self._entries = entries.shortcut(backend.body_field)
         self._ahead: resp.InFlight | None = None  # an XREADGROUP sent and not yet read (see ack_and_fetch)
 
     def fetch(self, max_messages: int, timeout: float) -> list[Delivery]:
@@ -76,16 +75,16 @@ class RedisConsumer(BackendConsumer):
         with translate_errors(ERRORS, self._context):
             try:
                 reply = self._backend.call(
-                    self._fetch(max_messages, int(timeout * 1000)), self._entries, self._xack(acks) if acks else None
+                    self._fetch(max_messages, int(timeout * 1000)), self._xack(acks) if acks else None
                 )
             except redis.ResponseError as exc:
                 if not is_group_gone(exc):
                     raise
                 self._regroup(exc)
                 return []
-            rows = reply[0][1] if reply else []  # [(entry id, id, body) in bridgeq's layout, or [entry id, fields]]
+            rows = reply[0][1] if reply else []  # [[entry id, [field, value, ...]], ...]
             if ahead and len(rows) >= max_messages:
-                self._ahead = resp.InFlight(self._backend.client.connection_pool, self._entries)
+                self._ahead = resp.InFlight(self._backend.client.connection_pool)
                 self._ahead.send([self._fetch(ahead, 0)])
         return self._deliveries(rows)
 
@@ -140,12 +139,12 @@ class RedisConsumer(BackendConsumer):
 
     def _deliveries(self, rows: list[Any]) -> list[Delivery]:
         """Deliveries of XREADGROUP's entries (first deliveries), held from now on."""
-        deliver, topic, group = self._delivery, self._topic, self._group
+        deliver, topic, group, body = self._delivery, self._topic, self._group, self._backend.body_field
         deliveries = [
-            Delivery(entry[1].decode(errors="replace"), entry[2], EMPTY_HEADERS, None, topic, group, 1, entry[0])
-            if type(entry) is tuple
-            else deliver(entry[0], entry[1], 1)
-            for entry in rows
+            Delivery(fields[1].decode(errors="replace"), fields[3], EMPTY_HEADERS, None, topic, group, 1, entry_id)
+            if len(fields) == 4 and fields[0] == _ID and fields[2] == body  # bridgeq's own layout, keyless, headerless
+            else deliver(entry_id, fields, 1)
+            for entry_id, fields in rows
         ]
         with self._lock:
             self._held.update([entry[0] for entry in rows])
@@ -170,8 +169,8 @@ class RedisConsumer(BackendConsumer):
         return deliveries
 
     def _delivery(self, entry_id: bytes, fields: list[bytes], attempt: int) -> Delivery:
-        """A Delivery from an entry's flat field list (see the package docstring for the layout); entries
-        in bridgeq's own layout mostly come read already (``entries.shortcut``), and are built in fetch."""
+        """A Delivery from an entry's flat field list (see the package docstring for the layout); a keyless,
+        headerless entry in bridgeq's own layout is built straight away in ``_deliveries``."""
         body_field, key_field = self._backend.body_field, self._backend.key_field
         mid: bytes | None = None
         body, key, headers = b"", None, {}
