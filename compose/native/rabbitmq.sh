@@ -29,10 +29,14 @@ RMQ_USER=rabbitmq
 RMQ_HOME=/var/lib/rabbitmq   # the Erlang cookie lives here; server and CLI must share it
 
 # as_rmq SECONDS PROGRAM ARGS... : run a RabbitMQ program as the rabbitmq user
-# with this node's environment, killed after SECONDS.
+# with this node's environment, killed after SECONDS. runuser's PAM session
+# sets the soft open-files limit back to 1024, which a test run's connections
+# can exhaust (the node then accepts no more, CLI included): it is raised to
+# the hard limit first.
 as_rmq() {
     local secs="$1" prog="$2"; shift 2
-    (cd "$RMQ_HOME" && timeout "$secs" runuser -u "$RMQ_USER" -- env \
+    (cd "$RMQ_HOME" && timeout "$secs" runuser -u "$RMQ_USER" -- \
+        sh -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"' as_rmq env \
         HOME="$RMQ_HOME" \
         RABBITMQ_NODENAME="$NODENAME" \
         RABBITMQ_NODE_IP_ADDRESS="$HOST" \
