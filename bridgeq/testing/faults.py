@@ -251,9 +251,11 @@ class Reader(threading.Thread):
         *,
         prefetch: int = 100,
         name: str = "reader",
+        read_ahead: bool = False,
     ) -> None:
         super().__init__(name=f"bridgeq-fault-{name}", daemon=True)
         self.broker, self.topic, self.group, self.tally, self.prefetch = broker, topic, group, tally, prefetch
+        self.read_ahead = read_ahead  # then prefetch leaves room for a batch read ahead
         self.where = name
         self.stopping = threading.Event()
         self.joined = threading.Event()
@@ -265,7 +267,13 @@ class Reader(threading.Thread):
             while not self.stopping.is_set():
                 try:
                     if sub is None:
-                        sub = self.broker.subscribe(self.topic, self.group, prefetch=self.prefetch, max_deliveries=None)
+                        sub = self.broker.subscribe(
+                            self.topic,
+                            self.group,
+                            prefetch=self.prefetch * (2 if self.read_ahead else 1),
+                            max_deliveries=None,
+                            read_ahead=self.read_ahead,
+                        )
                         self.joined.set()
                     batch = sub.receive_batch(self.prefetch, timeout=0.2)
                     if batch:

@@ -173,7 +173,10 @@ def test_broker_restarted_twice_mid_stream_loses_nothing_confirmed(
         _unsupported_unless(broker, "persistent")
         command = _restart_command(bridgeq_target, broker_url)
         broker.declare(topic, group)
-        readers = [Reader(broker, topic, group, tally, name=f"reader{i}") for i in range(2)]
+        readers = [
+            Reader(broker, topic, group, tally, name="reader"),
+            Reader(broker, topic, group, tally, name="reader-ahead", read_ahead=True),  # with a fetch in flight
+        ]
         for reader in readers:
             reader.start()
         restarter = _Restarter(command, tally, [total // 4, total // 2], stop)
