@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple, cast
 
 from bridgeq import api
@@ -162,6 +162,7 @@ class Tally:
     settled: int = 0
     read_bytes: int = 0  # of their bodies
     settled_bytes: int = 0
+    sizes: deque[int] = field(default_factory=deque)  # bodies' bytes of each batch read and not yet settled
 
 
 class _Events:
@@ -216,7 +217,9 @@ def read(broker: api.Broker, sub: Any, events: Any, tally: Tally, reading: Readi
                 continue
             quiet_since = time.monotonic()
             tally.read += len(chunk)
-            tally.read_bytes += body_bytes(chunk)
+            size = sum(map(len, [d.body for d in chunk]))
+            tally.sizes.append(size)
+            tally.read_bytes += size
             events.put(Chunk(chunk))
             if rate:
                 pace(started, tally.read, rate, stop)
@@ -230,11 +233,7 @@ def _ack(sub: Any, tally: Tally, chunks: Sequence[Sequence[Delivery]]) -> None:
     deliveries = [d for chunk in chunks for d in chunk]
     sub.ack(deliveries)
     tally.settled += len(deliveries)
-    tally.settled_bytes += body_bytes(deliveries)
-
-
-def body_bytes(deliveries: Sequence[Delivery]) -> int:
-    return sum(map(len, [d.body for d in deliveries]))
+    tally.settled_bytes += sum([tally.sizes.popleft() for _ in chunks])  # batches are settled in the order read
 
 
 def _give_back(sub: Any, unacked: Sequence[Sequence[Delivery]]) -> None:

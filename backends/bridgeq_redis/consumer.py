@@ -78,10 +78,7 @@ class RedisConsumer(BackendConsumer):
                     self._fetch(max_messages, int(timeout * 1000)), self._xack(acks) if acks else None
                 )
             except redis.ResponseError as exc:
-                if not is_group_gone(exc):
-                    raise
-                self._regroup(exc)
-                return []
+                return self._regroup_or_raise(exc)
             rows = reply[0][1] if reply else []  # [[entry id, [field, value, ...]], ...]
             if ahead and len(rows) >= max_messages:
                 self._ahead = resp.InFlight(self._backend.client.connection_pool)
@@ -115,14 +112,10 @@ class RedisConsumer(BackendConsumer):
                     return rows
                 rows += self._rows(in_flight.read(in_flight.expected))
                 in_flight.release()
-            except redis.ResponseError as exc:
-                in_flight.discard()
-                if not is_group_gone(exc):
-                    raise
-                self._regroup(exc)
-                return []
-            except BaseException:
+            except BaseException as exc:
                 in_flight.discard()  # what it had read stays pending, and is claimed once idle
+                if isinstance(exc, redis.ResponseError):
+                    return self._regroup_or_raise(exc)
                 raise
         return rows
 
@@ -156,10 +149,7 @@ class RedisConsumer(BackendConsumer):
             try:
                 claimed = self._backend.claim(self._key, self._group, self.name, min(max_messages, CLAIM_BATCH))
             except redis.ResponseError as exc:
-                if not is_group_gone(exc):
-                    raise
-                self._regroup(exc)
-                return []
+                return self._regroup_or_raise(exc)
         if not claimed:
             return []
         deliver = self._delivery
@@ -194,6 +184,13 @@ class RedisConsumer(BackendConsumer):
             attempt,
             entry_id,
         )
+
+    def _regroup_or_raise(self, exc: redis.ResponseError) -> list[Delivery]:
+        """No deliveries this time if the stream or group was deleted under us (made again); else raise."""
+        if not is_group_gone(exc):
+            raise exc
+        self._regroup(exc)
+        return []
 
     def _regroup(self, exc: BaseException) -> None:
         """The stream or group was deleted under us: make it again (never loops: once per call)."""
