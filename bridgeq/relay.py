@@ -202,6 +202,7 @@ def _connect(setup: tuple[str, str]) -> tuple[api.Broker, str]:
     broker = api.connect(url)
     try:
         broker.declare(topic)  # as the parent did: the first publish need not look the topic up
+        broker.backend.prepare_publish(topic)  # nor start the client: the migration's clock runs from now
     except BaseException:
         broker.close()
         raise

@@ -75,6 +75,11 @@ class Backend(ABC):
         atomic: messages not named in the error were accepted.
         """
 
+    def prepare_publish(self, topic: str) -> None:  # noqa: B027 - a documented hook
+        """Get ready to publish to ``topic`` (which exists): whatever the first publish would set up first
+        (a client, the topic's metadata) is set up now, so that publish's first batch is not slowed by it.
+        A migration's publishing process calls it before it says it is ready. By default nothing."""
+
     def begin_publish(self, topic: str, messages: Sequence[Message]) -> Callable[[], None]:
         """Start :meth:`publish`; the function returned waits for the confirmations, raising as
         ``publish`` would. Batches begun one after the other are published in that order, so a

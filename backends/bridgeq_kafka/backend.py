@@ -25,7 +25,7 @@ from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLos
 from bridgeq.spi import Backend, BackendConsumer, BrokerURL, Capabilities, Message, Totals, translate_errors
 from bridgeq.wire import ID_HEADER
 from bridgeq_kafka.appender import Appender, forget, outcome
-from bridgeq_kafka.config import client_config, raise_if_certificate_refused
+from bridgeq_kafka.config import client_config, honour_retry_backoff, raise_if_certificate_refused
 from bridgeq_kafka.consumer import KafkaMember
 from bridgeq_kafka.encoding import Record
 from bridgeq_kafka.errors import ERRORS, REBALANCING
@@ -81,7 +81,7 @@ class KafkaBackend(Backend):
                 raise ClosedError("the kafka backend is closed")
             if self._admin is None:
                 with self._explained_bootstrap(), translate_errors(ERRORS, "connecting to Kafka"):
-                    self._admin = KafkaAdminClient(**self._common)
+                    self._admin = honour_retry_backoff(KafkaAdminClient(**self._common), self._common)
             return self._admin
 
     @contextlib.contextmanager
@@ -101,8 +101,9 @@ class KafkaBackend(Backend):
             if self._producer is None:
                 with self._explained_bootstrap(), translate_errors(ERRORS, "connecting to Kafka"):
                     try:
-                        self._producer = KafkaProducer(
-                            **self._common, **self.producer_settings(), partitioner=self._partitioner
+                        self._producer = honour_retry_backoff(
+                            KafkaProducer(**self._common, **self.producer_settings(), partitioner=self._partitioner),
+                            self._common,
                         )
                         self._appender = Appender(self._producer) if Appender.usable(self._producer) else None
                         self._api_version = self._api_version or self._producer.config["api_version"]
@@ -226,6 +227,13 @@ class KafkaBackend(Backend):
 
     def publish(self, topic: str, messages: Sequence[Message]) -> None:
         self.begin_publish(topic, messages)()
+
+    def prepare_publish(self, topic: str) -> None:
+        """Start the producer and learn the topic's partitions: a first publish would wait for both."""
+        name = self._name(topic)
+        producer = self._get_producer()
+        with translate_errors(ERRORS, f"publishing to {topic!r}"):
+            producer.partitions_for(name)
 
     def begin_publish(self, topic: str, messages: Sequence[Message]) -> Callable[[], None]:
         """Add the records to the producer's batches (the sender takes them from there); the function

@@ -34,6 +34,18 @@ def raise_if_certificate_refused(config: dict[str, Any]) -> None:
         return  # not a certificate problem: the original ConnectionLost stands
 
 
+def honour_retry_backoff(client: Any, config: dict[str, Any]) -> Any:
+    """``client`` (a producer, consumer or admin client of ``config``), its metadata made to keep
+    ``retry_backoff_ms``. kafka-python 3.0 builds a client's ClusterMetadata without it, so the 100 ms
+    default applies: a topic's first metadata request (the first publish to it, a consumer's first
+    join) waited out 100 ms from the bootstrap's request, whatever the setting."""
+    cluster = getattr(getattr(client, "_manager", None), "cluster", None) or getattr(client, "_metadata", None)
+    settings = getattr(cluster, "config", None)
+    if isinstance(settings, dict) and "retry_backoff_ms" in settings:
+        settings["retry_backoff_ms"] = config["retry_backoff_ms"]
+    return client
+
+
 def client_config(url: BrokerURL, options: KafkaOptions) -> dict[str, Any]:
     """Settings every client shares: brokers, timeouts and security (with the password)."""
     if not url.hosts:

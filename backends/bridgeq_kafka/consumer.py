@@ -18,6 +18,7 @@ from kafka.structs import OffsetAndMetadata
 from bridgeq.message import EMPTY_HEADERS, MAX_ID_LENGTH
 from bridgeq.spi import BackendConsumer, Delivery, translate_errors
 from bridgeq.wire import ID_HEADER
+from bridgeq_kafka.config import honour_retry_backoff
 from bridgeq_kafka.errors import ERRORS, REBALANCING
 from bridgeq_kafka.ledger import Ledger
 from bridgeq_kafka.records import LeanRecord, install, lean
@@ -69,7 +70,7 @@ class KafkaMember(BackendConsumer):
         self._polled = self._used
         self._closed = threading.Event()
         with translate_errors(ERRORS, f"joining group {group!r} on {topic!r}"):
-            self._consumer = KafkaConsumer(**config)
+            self._consumer = honour_retry_backoff(KafkaConsumer(**config), config)
             self._lean = install(self._consumer)  # records come as (offset, key, value, headers) tuples
             try:
                 self._consumer.subscribe([kafka_topic], listener=_Listener(self))

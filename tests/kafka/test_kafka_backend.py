@@ -266,6 +266,32 @@ def test_a_deleted_topic_leaves_the_producer(broker, topic) -> None:
     assert not [tp for tp in producer._accumulator._batches if tp.topic.endswith(gone)]
 
 
+def test_every_client_keeps_the_retry_backoff_for_its_metadata(kafka_url, topic) -> None:
+    """kafka-python 3.0 builds a client's metadata without its retry_backoff_ms (100 ms applies): the first
+    publish to a topic waited out 100 ms from the bootstrap's metadata request. Each client bridgeq makes
+    (admin, producer, consumer) has the configured backoff back."""
+    with bridgeq.connect(with_options(kafka_url, retry_backoff_ms=7)) as broker:
+        broker.declare(topic, "g")
+        broker.publish_batch(topic, [b"x"])
+        backend: Any = broker.backend
+        with broker.subscribe(topic, "g") as sub:
+            assert collect(sub, 1)[0].body == b"x"
+            consumer: Any = sub._consumer._consumer  # type: ignore[attr-defined]
+            clusters = [backend._admin._manager.cluster, backend._producer._metadata, consumer._manager.cluster]
+            assert [cluster.config["retry_backoff_ms"] for cluster in clusters] == [7, 7, 7]
+
+
+def test_prepare_publish_starts_the_producer_with_the_topic_known(broker, topic) -> None:
+    """What a first publish would wait for (the producer's start, the topic's partitions) is done by
+    prepare_publish: a migration's publishing process does it before its clock starts."""
+    broker.declare(topic)
+    backend: Any = broker.backend
+    assert backend._producer is None
+    backend.prepare_publish(topic)
+    assert backend._producer._metadata.partitions_for_topic(topic) == set(range(backend.options.partitions))
+    assert broker.publish_batch(topic, [b"x"])
+
+
 def test_a_batch_too_large_for_its_topic_is_split_and_still_confirmed(kafka_url, topic, settings, caplog) -> None:
     """A topic whose max.message.bytes is below batch_size: the broker refuses the batch, kafka-python
     splits it, and the halves' confirmations answer publish (not a timeout error after timeout_ms)."""
