@@ -138,6 +138,7 @@ class ThreadRelay(Relay):
     def __init__(self, broker: api.Broker, topic: str, outcomes: queue.SimpleQueue[Any]) -> None:
         super().__init__(topic, outcomes)
         self._broker = broker
+        broker.backend.prepare_publish(topic)  # as a publisher process does before it says it is ready
         self._work: queue.SimpleQueue[tuple[int, Sequence[Delivery], bool] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bridgeq-migrate-publisher", daemon=True)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import Any
+from typing import Any, TypeVar
 
 from bridgeq.errors import ConfigError
 from bridgeq.spi import BrokerURL
 from bridgeq_kafka.options import KafkaOptions
 
 DEFAULT_PORT = 9092
+Client = TypeVar("Client")
 
 
 def raise_if_certificate_refused(config: dict[str, Any]) -> None:
@@ -34,7 +35,7 @@ def raise_if_certificate_refused(config: dict[str, Any]) -> None:
         return  # not a certificate problem: the original ConnectionLost stands
 
 
-def honour_retry_backoff(client: Any, config: dict[str, Any]) -> Any:
+def honour_retry_backoff(client: Client, config: dict[str, Any]) -> Client:
     """``client`` (a producer, consumer or admin client of ``config``), its metadata made to keep
     ``retry_backoff_ms``. kafka-python 3.0 builds a client's ClusterMetadata without it, so the 100 ms
     default applies: a topic's first metadata request (the first publish to it, a consumer's first
