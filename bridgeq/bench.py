@@ -13,6 +13,7 @@ from bridgeq.api import Broker
 from bridgeq.message import Message
 
 STAMP_HEADER = "bridgeq-bench-sent-ns"
+GROUP = "bench"
 
 
 @dataclass(frozen=True)
@@ -34,22 +35,56 @@ class BenchResult:
         return asdict(self)
 
 
-def run_bench(
-    broker: Broker,
-    messages: int = 10_000,
-    size: int = 100,
-    batch: int = 100,
-    latency_samples: int = 200,
-    read_ahead: bool = False,
-) -> BenchResult:
-    """Publish ``messages`` in batches, consume them with batched acks, then time round trips."""
-    topic = f"bench-{uuid.uuid4().hex[:8]}"
-    group = "bench"
-    broker.declare(topic, group)
+@dataclass(frozen=True)
+class BenchPlan:
+    """One bench run: ``messages`` of ``size`` bytes published and consumed in batches of ``batch``,
+    then ``latency_samples`` publish->receive round trips; ``read_ahead`` for the subscription."""
+
+    messages: int = 10_000
+    size: int = 100
+    batch: int = 100
+    latency_samples: int = 200
+    read_ahead: bool = False
+
+    @property
+    def body(self) -> bytes:
+        return b"x" * self.size
+
+    def batches(self) -> list[list[Message]]:
+        body = self.body
+        return [
+            [Message(body) for _ in range(min(self.batch, self.messages - i))]
+            for i in range(0, self.messages, self.batch)
+        ]
+
+    def reading(self) -> dict[str, Any]:
+        """The subscription's options: with read_ahead, prefetch leaves room for the batch read ahead."""
+        prefetch = max(self.batch, 100)
+        return {"prefetch": 2 * prefetch, "read_ahead": True} if self.read_ahead else {"prefetch": prefetch}
+
+    def result(self, url: str, publish_rate: float, consume_rate: float, latencies: list[float]) -> BenchResult:
+        quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+        return BenchResult(
+            url=url,
+            messages=self.messages,
+            size=self.size,
+            batch=self.batch,
+            publish_rate=publish_rate,
+            consume_rate=consume_rate,
+            latency_p50_ms=quantiles[49],
+            latency_p99_ms=quantiles[98],
+            latency_samples=len(latencies),
+            read_ahead=self.read_ahead,
+        )
+
+
+def run_bench(broker: Broker, plan: BenchPlan) -> BenchResult:
+    """Publish the plan's messages in batches, consume them with batched acks, then time round trips."""
+    topic, messages = f"bench-{uuid.uuid4().hex[:8]}", plan.messages
+    broker.declare(topic, GROUP)
     try:
-        body = b"x" * size
-        batches = [[Message(body) for _ in range(min(batch, messages - i))] for i in range(0, messages, batch)]
-        with broker.subscribe(topic, group, **reading(batch, read_ahead)) as sub:
+        batches = plan.batches()
+        with broker.subscribe(topic, GROUP, **plan.reading()) as sub:
             sub.receive(timeout=0.5)  # join before timing
             started = time.perf_counter()
             for chunk in batches:
@@ -58,7 +93,7 @@ def run_bench(
             started = time.perf_counter()
             received = 0
             while received < messages:
-                got = sub.receive_batch(batch, timeout=30)
+                got = sub.receive_batch(plan.batch, timeout=30)
                 if not got:
                     raise TimeoutError(f"bench: only {received} of {messages} messages came back")
                 for delivery in got:
@@ -66,28 +101,19 @@ def run_bench(
                 received += len(got)
             sub.flush()
             consume_rate = messages / (time.perf_counter() - started)
-            latencies = _round_trips(broker, sub, topic, body, latency_samples)
+            latencies = _round_trips(broker, sub, topic, plan.body, plan.latency_samples)
     finally:
         broker.delete(topic)
-    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies, read_ahead)
+    return plan.result(str(broker.url), publish_rate, consume_rate, latencies)
 
 
-async def run_bench_async(
-    broker: AsyncBroker,
-    messages: int = 10_000,
-    size: int = 100,
-    batch: int = 100,
-    latency_samples: int = 200,
-    read_ahead: bool = False,
-) -> BenchResult:
+async def run_bench_async(broker: AsyncBroker, plan: BenchPlan) -> BenchResult:
     """:func:`run_bench` through :mod:`bridgeq.aio`, the same steps awaited."""
-    topic = f"bench-{uuid.uuid4().hex[:8]}"
-    group = "bench"
-    await broker.declare(topic, group)
+    topic, messages = f"bench-{uuid.uuid4().hex[:8]}", plan.messages
+    await broker.declare(topic, GROUP)
     try:
-        body = b"x" * size
-        batches = [[Message(body) for _ in range(min(batch, messages - i))] for i in range(0, messages, batch)]
-        async with broker.subscribe(topic, group, **reading(batch, read_ahead)) as sub:
+        batches = plan.batches()
+        async with broker.subscribe(topic, GROUP, **plan.reading()) as sub:
             await sub.receive(timeout=0.5)
             started = time.perf_counter()
             for chunk in batches:
@@ -96,7 +122,7 @@ async def run_bench_async(
             started = time.perf_counter()
             received = 0
             while received < messages:
-                got = await sub.receive_batch(batch, timeout=30)
+                got = await sub.receive_batch(plan.batch, timeout=30)
                 if not got:
                     raise TimeoutError(f"bench: only {received} of {messages} messages came back")
                 for delivery in got:
@@ -105,9 +131,9 @@ async def run_bench_async(
             await sub.flush()
             consume_rate = messages / (time.perf_counter() - started)
             latencies = []
-            for _ in range(latency_samples):
+            for _ in range(plan.latency_samples):
                 sent = time.perf_counter_ns()
-                await broker.publish(topic, body, headers={STAMP_HEADER: str(sent)})
+                await broker.publish(topic, plan.body, headers={STAMP_HEADER: str(sent)})
                 probe = await sub.receive(timeout=30)
                 if probe is None:
                     raise TimeoutError("bench: a latency probe did not come back")
@@ -115,38 +141,7 @@ async def run_bench_async(
                 await probe.ack()
     finally:
         await broker.delete(topic)
-    return _result(str(broker.url), messages, size, batch, publish_rate, consume_rate, latencies, read_ahead)
-
-
-def reading(batch: int, read_ahead: bool) -> dict[str, Any]:
-    """The bench subscription's options: with read_ahead, prefetch leaves room for the batch read ahead."""
-    prefetch = max(batch, 100)
-    return {"prefetch": 2 * prefetch, "read_ahead": True} if read_ahead else {"prefetch": prefetch}
-
-
-def _result(
-    url: str,
-    messages: int,
-    size: int,
-    batch: int,
-    publish_rate: float,
-    consume_rate: float,
-    latencies: list[float],
-    read_ahead: bool,
-) -> BenchResult:
-    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
-    return BenchResult(
-        url=url,
-        messages=messages,
-        size=size,
-        batch=batch,
-        publish_rate=publish_rate,
-        consume_rate=consume_rate,
-        latency_p50_ms=quantiles[49],
-        latency_p99_ms=quantiles[98],
-        latency_samples=len(latencies),
-        read_ahead=read_ahead,
-    )
+    return plan.result(str(broker.url), publish_rate, consume_rate, latencies)
 
 
 def _round_trips(broker: Broker, sub: object, topic: str, body: bytes, samples: int) -> list[float]:

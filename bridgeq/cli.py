@@ -309,17 +309,19 @@ def bench(
     import asyncio
 
     from bridgeq import aio
-    from bridgeq.bench import median_result, run_bench, run_bench_async
+    from bridgeq.bench import BenchPlan, median_result, run_bench, run_bench_async
+
+    plan = BenchPlan(messages, size, batch, read_ahead=read_ahead)
 
     async def async_run() -> BenchResult:
         async with aio.connect(url) as broker:
-            return await run_bench_async(broker, messages, size, batch, read_ahead=read_ahead)
+            return await run_bench_async(broker, plan)
 
     runs: dict[str, list[BenchResult]] = {"sync": [], "asyncio": []}
     with err.status(f"benchmarking {url}: {messages:,} messages of {size} B, {rounds} round(s)"):
         for _ in range(rounds):
             with _connected(url) as broker:
-                runs["sync"].append(run_bench(broker, messages, size, batch, read_ahead=read_ahead))
+                runs["sync"].append(run_bench(broker, plan))
             if through_asyncio:
                 runs["asyncio"].append(asyncio.run(async_run()))
     results = {api: median_result(found) for api, found in runs.items() if found}
