@@ -58,6 +58,7 @@ class KafkaMember(BackendConsumer):
         self._eager = eager  # an eager assignor revokes every partition, then may give them back
         self._group = group
         self._close_ms = close_ms
+        self._timeout_ms: int = config["request_timeout_ms"]  # for the waits kafka-python leaves unbounded
         self._context = f"reading {topic!r} as group {group!r}"
         self._ledgers: dict[TopicPartition, Ledger] = {}
         self._held: dict[int, tuple[TopicPartition, Ledger]] = {}  # slot -> each of _ledgers: tokens find theirs
@@ -77,13 +78,22 @@ class KafkaMember(BackendConsumer):
                 # Join knowing the topic's partitions: a first join without them assigns nothing and rejoins
                 # when they arrive, and kafka-python 3.0 can lose that second join's result when polls are
                 # short (the leader then sits unassigned until its session times out).
-                self._consumer.partitions_for_topic(kafka_topic)
+                self._await_partitions(kafka_topic)
             except BaseException:
                 self._consumer.close(autocommit=False, timeout_ms=close_ms)
                 raise
         self._every = config["heartbeat_interval_ms"] / 1000
         self._patience = config["max_poll_interval_ms"] / 1000
         threading.Thread(target=self._keep, name=f"bridgeq-kafka-keeper-{group}", daemon=True).start()
+
+    def _await_partitions(self, kafka_topic: str) -> None:
+        """Wait, at most request_timeout_ms, for the topic's partitions in the consumer's metadata.
+        (kafka-python's partitions_for_topic waits without a limit, and a consumer given api_version
+        bootstraps without one: a broker unreachable as the member was made hung it for good.)"""
+        consumer: Any = self._consumer
+        cluster = consumer._manager.cluster  # kafka-python's internals (pinned minor version)
+        if cluster.partitions_for_topic(kafka_topic) is None:
+            consumer._net.run(consumer._manager.wait_for, cluster.request_update(), self._timeout_ms)
 
     def _keep(self) -> None:
         """Poll, partitions paused, while the application is busy elsewhere (see the class doc)."""
@@ -130,11 +140,18 @@ class KafkaMember(BackendConsumer):
                 else:
                     polled = self._consumer.poll(timeout_ms=max(int(timeout * 1000), 0), max_records=max_messages)
                     self._polled = time.monotonic()
+                try:  # a partition new to this member: its group's commit first, before any of it is delivered
+                    for tp in [tp for tp, records in polled.items() if records and tp not in self._ledgers]:
+                        self._open(tp)
+                except BaseException:
+                    for tp, records in polled.items():  # back to the head of the line for the next fetch
+                        self._parked[tp] = records + self._parked.get(tp, [])
+                    raise
                 for tp, records in polled.items():
                     if records:
                         if not self._lean:
                             records = list(map(lean, records))
-                        ledger = self._ledgers.get(tp) or self._open(tp)
+                        ledger = self._ledgers[tp]
                         self._deliveries(tp, ledger, records, ledger.deliver_all(list(map(_FIRST, records))), out)
             return out
 
@@ -152,7 +169,7 @@ class KafkaMember(BackendConsumer):
 
     def _open(self, tp: TopicPartition) -> Ledger:
         """A ledger for a partition just assigned, from the group's commit and its metadata."""
-        committed = self._consumer.committed(tp, metadata=True)
+        committed = self._consumer.committed(tp, metadata=True, timeout_ms=self._timeout_ms)  # no limit by default
         if committed is None or committed.offset < 0:
             ledger = Ledger(None)
         else:

@@ -11,6 +11,8 @@ from bridgeq.options import option
 
 KAFKA_MAX_NAME = 249
 """Kafka's limit on topic names; the core keeps bridgeq names to 120 characters."""
+CONNECTIONS_MAX_IDLE_MS = 540_000
+"""kafka-python's connections_max_idle_ms (left at its default): a consumer refuses request timeouts as long."""
 
 BROKER_MESSAGE_MAX_BYTES = 1048588
 """The broker's default ``message.max.bytes``: the largest record batch it accepts."""
@@ -71,5 +73,10 @@ class KafkaOptions:
             raise ConfigError(f"option 'max_message_size' must be 1 to {100 << 20}; got {self.max_message_size}")
         if not 0 < self.heartbeat_interval_ms < self.session_timeout_ms:
             raise ConfigError("option 'heartbeat_interval_ms' must be positive and below 'session_timeout_ms'")
-        if self.timeout_ms < 1000 or self.batch_size < 1:
-            raise ConfigError("option 'timeout_ms' must be at least 1000 and 'batch_size' positive")
+        if not 1000 <= self.timeout_ms < CONNECTIONS_MAX_IDLE_MS:
+            raise ConfigError(
+                f"option 'timeout_ms' must be 1000 to {CONNECTIONS_MAX_IDLE_MS - 1} (kafka-python closes connections "
+                f"idle for {CONNECTIONS_MAX_IDLE_MS} ms and wants requests to time out before); got {self.timeout_ms}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"option 'batch_size' must be positive; got {self.batch_size}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -290,6 +291,67 @@ def test_prepare_publish_starts_the_producer_with_the_topic_known(broker, topic)
     backend.prepare_publish(topic)
     assert backend._producer._metadata.partitions_for_topic(topic) == set(range(backend.options.partitions))
     assert broker.publish_batch(topic, [b"x"])
+
+
+def _outcome_within(call: Any, seconds: float) -> str:
+    """``call``'s end ("returned" or the bridgeq error's name), or "still running" after ``seconds``."""
+    outcome = ["still running"]
+
+    def run() -> None:
+        try:
+            call()
+            outcome[0] = "returned"
+        except bridgeq.BridgeqError as exc:
+            outcome[0] = type(exc).__name__
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome[0]
+
+
+def test_a_member_made_while_the_broker_is_unreachable_fails_within_its_timeout() -> None:
+    """A consumer given api_version (bridgeq passes the one it learnt) skips kafka-python's bounded bootstrap,
+    and kafka-python waits for a topic's partitions without a limit: a broker gone between declare and the
+    member's join hung subscribe for good. It now raises ConnectionLost after timeout_ms."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nobody listens here
+    with bridgeq.connect(f"kafka://127.0.0.1:{port}?timeout_ms=1000") as broker:
+        backend: Any = broker.backend
+        backend._api_version = (4, 0)  # learnt from an earlier client
+        backend.declare = lambda topic, group: None  # declared before the broker went away
+        assert _outcome_within(lambda: broker.subscribe("t", "g").close(), 20) == "ConnectionLost"
+
+
+def test_a_new_partition_whose_commit_cannot_be_read_ends_the_fetch_and_loses_nothing(kafka_url, topic, caplog) -> None:
+    """kafka-python's committed() retries a coordinator that is loading or moving without a limit; a member
+    reads it for each partition it starts reading, so its fetch (and receive, whatever its timeout) hung.
+    The fetch now raises ConnectionLost after timeout_ms (the subscription waits for the broker, as in any
+    outage, and receive returns on time), and the records it had polled are delivered once the commit
+    can be read."""
+    import kafka.errors as kx
+
+    with bridgeq.connect(with_options(kafka_url, timeout_ms=1000)) as broker:
+        broker.declare(topic, "g")
+        with broker.subscribe(topic, "g") as sub:
+            assert sub.receive(timeout=2) is None  # joined, positions known, no partition read yet
+            broker.publish(topic, b"kept", key="k")
+            coordinator: Any = sub._consumer._consumer._coordinator  # type: ignore[attr-defined]
+            fetch_offsets = coordinator._send_offset_fetch_request
+
+            async def loading(*args: Any, **kwargs: Any) -> Any:
+                raise kx.CoordinatorLoadInProgressError()
+
+            coordinator._send_offset_fetch_request = loading
+            try:
+                assert _outcome_within(lambda: sub.receive(timeout=3), 20) == "returned"
+                assert "KafkaTimeoutError" in caplog.text  # the fetch gave up on the commit, not on the wait
+            finally:
+                coordinator._send_offset_fetch_request = fetch_offsets
+            got = collect(sub, 1)
+            assert [d.body for d in got] == [b"kept"]
+            got[0].ack()
 
 
 def test_a_batch_too_large_for_its_topic_is_split_and_still_confirmed(kafka_url, topic, settings, caplog) -> None:

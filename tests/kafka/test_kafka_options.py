@@ -73,6 +73,9 @@ def test_credentials_mean_sasl_over_tls_with_verification() -> None:
         "kafka://h?heartbeat_interval_ms=20000",
         "kafka://h?max_message_size=0",
         "kafka://h?partiton=3",
+        "kafka://h?timeout_ms=999",
+        "kafka://h?timeout_ms=540000",  # kafka-python's consumer would refuse it only when a member is made
+        "kafka://h?batch_size=0",
     ],
 )
 def test_bad_urls_are_config_errors_that_never_show_the_password(url: str) -> None:
