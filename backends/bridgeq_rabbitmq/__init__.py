@@ -241,6 +241,9 @@ def _parameters(url: BrokerURL, options: RabbitMQOptions) -> list[ConnectionPara
             connection_attempts=1,
             socket_timeout=options.connect_timeout,
             stack_timeout=options.connect_timeout,
+            # blocked by a resource alarm this long: closed (what it held unread is dropped, as publish
+            # reported) and opened again, so acks and consumers are not held up behind a blocked publish
+            blocked_connection_timeout=options.publish_timeout,
             client_properties={"connection_name": "bridgeq"},
         )
         for host in hosts

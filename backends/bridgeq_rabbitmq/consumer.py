@@ -14,10 +14,11 @@ from typing import Any
 from pika.channel import Channel
 from pika.spec import BasicProperties
 
-from bridgeq.errors import ClosedError, ConnectionLost
+from bridgeq.errors import BridgeqError, ClosedError, ConfigError, ConnectionLost
 from bridgeq.spi import BackendConsumer, Delivery
 
 from .codec import decode
+from .errors import cause, refusal
 from .link import MAX_BACKOFF, Link, Step
 
 __all__ = ["RabbitMQConsumer"]
@@ -62,6 +63,7 @@ class RabbitMQConsumer(BackendConsumer):
         self._armed = False  # a linger timer will send the settlements
         self._delay = 0.1
         self._first: Future[None] = Future()
+        self.refused: BridgeqError | None = None  # the broker refuses resubscribing (permissions, queue arguments)
         self._close_future: Future[None] | None = None
         link.listeners.add(self)
         try:
@@ -91,6 +93,8 @@ class RabbitMQConsumer(BackendConsumer):
                 f"lost the subscription to {self.topic!r} as {self.group!r} (connection lost, broker restarted "
                 "or queue deleted); unacked deliveries will come again (resubscribing)"
             )
+        if self.refused is not None and not left:  # for good, until someone changes the broker's setup
+            raise ConfigError(f"{self.refused} (subscription to {self.topic!r} as {self.group!r}; still retrying)")
         items = [left.popleft() for _ in range(min(max_messages, len(left)))]
         epoch, topic, group = self.epoch, self.topic, self.group
         return [
@@ -168,12 +172,13 @@ class RabbitMQConsumer(BackendConsumer):
                 self._first.set_exception(error)
                 self._closing = True
         elif error is not None and not self._closing:
+            self.refused = error if isinstance(error, ConfigError) else refusal(cause(error), "resubscribing")
             log.warning("resubscribing to %s failed: %s; trying again in %.1f s", self.queue, error, self._delay)
             self._link.loop.call_later(self._delay, self._io_open)
             self._delay = min(MAX_BACKOFF, self._delay * 2)
             return
         else:
-            self._delay = 0.1
+            self._delay, self.refused = 0.1, None
         if self._closing and self._channel is not None and self._channel.is_open:
             self._channel.close()
 

@@ -9,6 +9,7 @@ A lost connection fails what was in flight and is re-established with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -42,6 +43,8 @@ Op = Callable[[Channel], Generator[Step, Any, T]]
 CHUNK = 500
 """Messages written per turn of the loop, so the socket drains and confirms come back meanwhile."""
 MAX_BACKOFF = 5.0
+ABORT_GRACE = 0.1
+"""Seconds the I/O loop runs on after closing a connection that had not opened, so its socket is closed."""
 
 
 class Batch:
@@ -78,6 +81,7 @@ class Link:
         self._parked: list[Callable[[], None]] = []
         self._closing = False
         self._stopped = False
+        self.blocked: str | None = None  # why the broker blocked the connection (a resource alarm), while it does
         self._attempts = 0
         self._fresh = False
         self.connections = 0  # opened so far: 1 + reconnections
@@ -125,6 +129,8 @@ class Link:
                 return [(i, "not connected to the broker") for i in range(len(batch.items))]
             failed = list(batch.failed)
             reason = f"not confirmed within {timeout:g} s"
+            if self.blocked is not None:
+                reason += f" (the broker has blocked publishing: {self.blocked})"
             return failed + [(i, reason) for i, done in enumerate(batch.done) if not done]
 
     def close(self, timeout: float = 5.0) -> None:
@@ -176,6 +182,9 @@ class Link:
             self._parked.append(call)
 
     def _connect(self) -> None:
+        if self._closing:  # a reconnection due after close() was asked for
+            self.loop.stop()
+            return
         params = self._params[self._attempts % len(self._params)]
         self._attempts += 1
         self.conn = SelectConnection(
@@ -185,6 +194,8 @@ class Link:
             on_close_callback=self._on_closed,
             custom_ioloop=self.loop,
         )
+        self.conn.add_on_connection_blocked_callback(self._on_blocked)
+        self.conn.add_on_connection_unblocked_callback(self._on_unblocked)
 
     def _on_open(self, conn: SelectConnection) -> None:
         self._fresh = True
@@ -200,6 +211,9 @@ class Link:
             self._on_ready(channel)
 
     def _on_ready(self, channel: Channel) -> None:
+        if self._closing:  # opened after close() was asked for: close it again
+            self._io_close()
+            return
         self._channel, self._next_tag, self.ready, self._attempts = channel, 1, True, 0
         if not self.opened.done():
             self.opened.set_result(None)
@@ -213,6 +227,9 @@ class Link:
             call()
 
     def _on_open_error(self, conn: SelectConnection, exc: BaseException) -> None:
+        if self._closing:  # closed while it was opening (a connect that timed out, close() mid-reconnection)
+            self.loop.stop()
+            return
         if self.opened.done():
             self._reconnect_later(exc)
             return
@@ -225,7 +242,7 @@ class Link:
         self._io_close()
 
     def _on_closed(self, conn: SelectConnection, reason: BaseException) -> None:
-        was_ready, self.ready, self._channel = self.ready, False, None
+        was_ready, self.ready, self._channel, self.blocked = self.ready, False, None, None
         self._fail_unconfirmed(f"the connection was lost: {reason}")
         for listener in list(self.listeners):
             listener.io_disconnected()
@@ -241,6 +258,18 @@ class Link:
         log.debug("connecting again in %.2f s after %s", delay, reason)
         self.loop.call_later(delay, self._connect)
 
+    def _on_blocked(self, conn: SelectConnection, frame: Any) -> None:
+        self.blocked = getattr(frame.method, "reason", "") or "a resource alarm"
+        log.warning(
+            "the AMQP broker blocked this connection (%s): publishing waits, and the connection is closed and "
+            "opened again if it stays blocked past publish_timeout",
+            self.blocked,
+        )
+
+    def _on_unblocked(self, conn: SelectConnection, frame: Any) -> None:
+        self.blocked = None
+        log.info("the AMQP broker unblocked this connection")
+
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is not self._channel:
             return
@@ -254,10 +283,16 @@ class Link:
     def _io_close(self) -> None:
         self._closing = True
         self.ready = False
-        if self.conn is not None and not (self.conn.is_closed or self.conn.is_closing):
-            self.conn.close()  # _on_closed stops the loop
-        elif self.conn is None or self.conn.is_closed:
-            self.loop.stop()
+        conn = self.conn
+        if conn is not None and conn.is_open:
+            conn.close()  # _on_closed stops the loop
+        elif conn is not None and conn.is_closing:
+            pass  # _on_closed, or _on_open_error, stops the loop
+        else:
+            if conn is not None and not conn.is_closed:  # still opening: abort it (pika may not call back)
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self.loop.call_later(ABORT_GRACE, self.loop.stop)  # time for the abort to close its socket
 
     # -- publishing (I/O thread) -----------------------------------------------------------
 

@@ -16,6 +16,7 @@ import pika
 import pytest
 
 import bridgeq
+from bridgeq.testing.proxy import Proxy, proxied_url, upstream_of
 from bridgeq.testing.support import collect, quiet
 from bridgeq_rabbitmq import PublishConnectionLost
 
@@ -265,6 +266,45 @@ def test_an_existing_queue_of_another_type_is_a_config_error(url_with, topic):
         classic.declare(topic, "g")
     with bridgeq.connect(url_with()) as quorum, pytest.raises(bridgeq.ConfigError, match="x-queue-type"):
         quorum.declare(topic, "g")
+
+
+def _io_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "bridgeq-amqp-io"}
+
+
+def test_a_connect_that_times_out_leaves_no_io_thread_or_connection_behind(url_with):
+    """A connect that timed out (the network black-holed) left its I/O thread reconnecting; once the
+    network came back, that thread held a connection nobody could use or close, one per attempt."""
+    url = url_with(connect_timeout=1)
+    before = _io_threads()
+    with Proxy(upstream_of(url)) as proxy:  # type: ignore[arg-type]
+        proxy.blackhole(30)
+        for _ in range(2):
+            with pytest.raises(bridgeq.ConnectionLost):
+                bridgeq.connect(proxied_url(url, proxy))
+        proxy.heal()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (_io_threads() - before or proxy.connections):
+            time.sleep(0.1)
+        time.sleep(2)  # a leftover thread reconnects within this: its backoff is at most 1 s here
+        assert not _io_threads() - before
+        assert proxy.connections == 0
+
+
+def test_a_resubscription_the_broker_refuses_is_a_config_error_not_silence(broker, raw, topic):
+    """The group's queue deleted and made again with other arguments (or permissions taken away): every
+    resubscription is refused. receive() returned None for ever; now it raises the refusal."""
+    broker.declare(topic, "g")
+    queue = broker.backend._queue(topic, "g")  # type: ignore[attr-defined]
+    with broker.subscribe(topic, "g") as sub:
+        assert sub.receive(timeout=0.2) is None
+        raw.queue_delete(queue)
+        raw.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
+        deadline = time.monotonic() + 20
+        with pytest.raises(bridgeq.ConfigError, match="406"):
+            while time.monotonic() < deadline:
+                sub.receive(timeout=0.5)
+    raw.queue_delete(queue)
 
 
 def test_passwords_never_appear_in_errors_or_reprs(rabbitmq_url):

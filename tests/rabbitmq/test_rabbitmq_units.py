@@ -60,6 +60,15 @@ def test_tls_files_need_amqps_and_a_bad_ca_file_is_a_config_error() -> None:
         RabbitMQBackend(parse("amqps://localhost/?ca_file=/no/such.pem"), options(ca_file="/no/such.pem"))
 
 
+def test_a_connection_blocked_past_publish_timeout_is_closed_and_opened_again() -> None:
+    """pika leaves a connection blocked by a resource alarm blocked for ever unless told otherwise; one
+    connection carries publishing and the consumers' acks, so a blocked publish held the acks up too."""
+    from bridgeq_rabbitmq import _parameters
+
+    [params] = _parameters(parse("amqp://localhost/"), options(publish_timeout=7))
+    assert params.blocked_connection_timeout == 7
+
+
 def test_every_pika_error_base_class_is_mapped_to_a_bridgeq_error() -> None:
     bases = [
         pe.AMQPError,
