@@ -185,8 +185,9 @@ class RabbitMQBackend(Backend):
 
     def delete(self, topic: str) -> None:
         exchange = self._exchange(topic)
+        key = (*self._server, exchange)
         with _known_lock:
-            queues = sorted(_known_queues.pop((*self._server, exchange), ()))
+            queues = sorted(_known_queues.get(key, ()))
 
         def op(channel: Channel) -> Generator[Step, Any, None]:
             for queue in queues:
@@ -195,6 +196,12 @@ class RabbitMQBackend(Backend):
 
         self._link.exchanges.discard(exchange)
         self._run(f"deleting {topic!r}", op)
+        with _known_lock:  # forgotten once deleted: a delete that failed may be called again
+            left = _known_queues.get(key, set()) - set(queues)
+            if left:
+                _known_queues[key] = left
+            else:
+                _known_queues.pop(key, None)
 
     def close(self) -> None:
         self._link.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -289,6 +290,30 @@ def test_a_connect_that_times_out_leaves_no_io_thread_or_connection_behind(url_w
         time.sleep(2)  # a leftover thread reconnects within this: its backoff is at most 1 s here
         assert not _io_threads() - before
         assert proxy.connections == 0
+
+
+def test_a_delete_that_failed_can_be_called_again(url_with, raw, topic):
+    """delete forgot the topic's group queues before asking the broker: when that failed (here: the network
+    black-holed), calling it again deleted the exchange and left the queues, with their messages."""
+    url = url_with(connect_timeout=1)
+    with (
+        Proxy(upstream_of(url)) as proxy,  # type: ignore[arg-type]
+        bridgeq.connect(proxied_url(url, proxy)) as broker,
+    ):
+        broker.declare(topic, "g")
+        queue = broker.backend._queue(topic, "g")  # type: ignore[attr-defined]
+        broker.publish(topic, b"kept until deleted")
+        proxy.blackhole(30)
+        with pytest.raises(bridgeq.ConnectionLost):
+            broker.delete(topic)
+        proxy.heal()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(bridgeq.ConnectionLost):
+                broker.delete(topic)
+                break
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
+        raw.queue_declare(queue, passive=True)
 
 
 def test_a_resubscription_the_broker_refuses_is_a_config_error_not_silence(broker, raw, topic):
