@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
@@ -83,8 +84,8 @@ def _convert(name: str, text: str, hint: Any) -> Any:
             value = hint(text)
         except ValueError:
             raise ConfigError(f"option {name!r} must be a {hint.__name__}; got {text[:40]!r}") from None
-        if value < 0:
-            raise ConfigError(f"option {name!r} must not be negative; got {text[:40]!r}")
+        if value < 0 or not math.isfinite(value):
+            raise ConfigError(f"option {name!r} must be a finite number, not negative; got {text[:40]!r}")
         return value
     return text
 

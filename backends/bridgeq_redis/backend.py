@@ -93,6 +93,7 @@ class RedisBackend(Backend):
             "socket_timeout": o.socket_timeout,
             "socket_connect_timeout": o.connect_timeout,
             "client_name": "bridgeq",
+            "max_connections": o.max_connections,
             "protocol": 2,  # reply shapes differ under RESP3 and across redis-py versions
         }
         tls_options = o.tls_ca_file or o.tls_cert_file or o.tls_key_file or o.tls_insecure

@@ -7,10 +7,18 @@ import redis.exceptions as rx
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost
 from bridgeq.spi import ErrorTable
 
+from .resp import NotConnected
+
+
+class PoolExhausted(BridgeqError):
+    """Every connection of a pool is in use (option max_connections): not an outage, so not ConnectionLost."""
+
+
 ERRORS: ErrorTable = (
     # Before ConnectionError: redis-py derives the auth errors from it, but retrying cannot help.
     ((rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError), ConfigError),
-    ((rx.ConnectionError, rx.TimeoutError, OSError), ConnectionLost),
+    (rx.MaxConnectionsError, PoolExhausted),
+    ((rx.ConnectionError, rx.TimeoutError, OSError, NotConnected), ConnectionLost),
     (rx.RedisError, BridgeqError),
 )
 

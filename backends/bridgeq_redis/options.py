@@ -36,6 +36,9 @@ class RedisOptions:
     socket_timeout: float = option(10.0, "seconds to wait for a reply before the connection counts as lost")
     connect_timeout: float = option(5.0, "seconds to wait for a connection")
     retries: int = option(3, "retries, with backoff, of idempotent commands after a connection error (never XADD)")
+    max_connections: int = option(
+        100, "connections each pool may open: one per call in progress, and one per subscription reading ahead"
+    )
     tls_ca_file: str | None = option(None, "rediss://: PEM file of the CAs to trust (default: the system's)")
     tls_cert_file: str | None = option(None, "rediss://: client certificate (PEM) for mutual TLS")
     tls_key_file: str | None = option(None, "rediss://: private key (PEM) of tls_cert_file")
@@ -58,3 +61,5 @@ class RedisOptions:
                 raise ConfigError(f"option {name!r}: no such file {path[:200]!r}")
         if self.socket_timeout <= 0 or self.connect_timeout <= 0:
             raise ConfigError("options 'socket_timeout' and 'connect_timeout' must be positive")
+        if self.retries < 0 or self.max_connections < 1:
+            raise ConfigError("option 'retries' must not be negative and 'max_connections' must be at least 1")

@@ -103,11 +103,21 @@ def _replies(sock: socket.socket, parser: Parser, count: int) -> list[Any]:
     return replies
 
 
+class NotConnected(Exception):
+    """A pooled connection could not connect, after the retries its own policy makes (redis-py retries a
+    connect within get_connection): the caller's retry must not retry it again, or the waits multiply."""
+
+
 def _connection(pool: redis.ConnectionPool) -> Any:
     try:
-        return pool.get_connection()
-    except TypeError:  # redis-py 5 names the command
-        return pool.get_connection("XADD")
+        try:
+            return pool.get_connection()
+        except TypeError:  # redis-py 5 names the command
+            return pool.get_connection("XADD")
+    except (redis.exceptions.MaxConnectionsError, redis.AuthenticationError, redis.exceptions.AuthorizationError):
+        raise  # not a failure to connect: the pool is full, or the server refuses these credentials
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise NotConnected(f"{type(exc).__name__}: {exc}") from exc
 
 
 class InFlight:

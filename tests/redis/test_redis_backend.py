@@ -13,7 +13,7 @@ import redis.exceptions as rx
 import bridgeq
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost, PublishError
 from bridgeq.testing.targets import with_options
-from bridgeq_redis.errors import ERRORS
+from bridgeq_redis.errors import ERRORS, PoolExhausted
 from bridgeq_redis.scripts import REQUEUED_IDLE_MS
 
 
@@ -363,7 +363,8 @@ def test_every_redis_connection_error_class_is_mapped() -> None:
         return next((target for source, target in ERRORS if issubclass(exc_type, source)), None)
 
     for cls in all_subclasses(rx.ConnectionError) | all_subclasses(rx.TimeoutError):
-        assert mapped(cls) in (ConnectionLost, ConfigError), cls
+        assert mapped(cls) in (ConnectionLost, ConfigError, PoolExhausted), cls
+    assert mapped(rx.MaxConnectionsError) is PoolExhausted  # the pool is full: not an outage
     assert mapped(rx.ConnectionError) is ConnectionLost and mapped(rx.TimeoutError) is ConnectionLost
     assert mapped(rx.AuthenticationError) is ConfigError
     assert mapped(rx.ResponseError) is BridgeqError
@@ -452,3 +453,42 @@ def test_acks_recorded_while_another_thread_fetches_go_out_with_the_next_fetch(b
         assert len(second) == 10
         assert raw.xpending(key(topic), "g")["pending"] == 10  # the first ten acked
         sub.ack(second)
+
+
+def test_a_black_hole_costs_one_round_of_retries_not_retries_squared(redis_url, topic) -> None:
+    """redis-py retries a pooled connection's connect itself; bridgeq's hot commands retried around that
+    again, so a fetch in a black hole took 1 + retries x (retries + 1) socket timeouts (13 s here, over
+    two minutes with the defaults). A connect that failed is not retried a second time now."""
+    from bridgeq.testing.proxy import Proxy, proxied_url, upstream_of
+
+    url = with_options(redis_url, socket_timeout=1, connect_timeout=1, retries=3)
+    with (
+        Proxy(upstream_of(url)) as proxy,  # type: ignore[arg-type]
+        bridgeq.connect(proxied_url(url, proxy)) as broker,
+    ):
+        broker.declare(topic, "g")
+        with broker.subscribe(topic, "g") as sub:
+            broker.publish(topic, b"x")
+            assert len(collect(sub, 1)) == 1  # acked
+            sub.flush()
+            proxy.blackhole(60)
+            started = time.monotonic()
+            assert sub.receive(timeout=1) is None  # the subscription waits the outage out: it returns on time
+            took = time.monotonic() - started
+            proxy.heal()
+    assert took < 9, f"receive(timeout=1) took {took:.1f} s in a black hole with socket_timeout=1, retries=3"
+
+
+def test_a_full_connection_pool_is_named_not_taken_for_an_outage(redis_url, topic) -> None:
+    """redis-py refuses a connection beyond max_connections at once with a ConnectionError subclass:
+    reported as ConnectionLost, a subscription waited two minutes for a healthy Redis."""
+    with bridgeq.connect(with_options(redis_url, max_connections=1)) as broker:
+        broker.declare(topic, "g")
+        pool: Any = broker.backend.client.connection_pool  # type: ignore[attr-defined]
+        held = pool.get_connection()
+        try:
+            with pytest.raises(PoolExhausted, match="Too many connections"):
+                broker.depth(topic, "g")
+        finally:
+            pool.release(held)
+        assert broker.depth(topic, "g") == 0
