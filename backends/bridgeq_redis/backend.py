@@ -42,6 +42,8 @@ class RedisBackend(Backend):
         self.options = o = options
         self.claim_idle_ms = o.claim_idle_ms
         self.sweep_seconds = min(SWEEP_SECONDS, o.claim_idle_ms / 4000)
+        # a BLOCK ends up to 0.2 s late (Redis's clock): its reply must still come within socket_timeout
+        self.max_block_ms = int(o.socket_timeout * 1000) - 300
         self.body_field, self.key_field = o.body_field.encode(), o.key_field.encode()
         self._reserved = {o.body_field, o.key_field}
         self.start_id = "0" if o.group_start == "earliest" else "$"

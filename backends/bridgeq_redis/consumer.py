@@ -75,7 +75,8 @@ class RedisConsumer(BackendConsumer):
         with translate_errors(ERRORS, self._context):
             try:
                 reply = self._backend.call(
-                    self._fetch(max_messages, int(timeout * 1000)), self._xack(acks) if acks else None
+                    self._fetch(max_messages, min(int(timeout * 1000), self._backend.max_block_ms)),
+                    self._xack(acks) if acks else None,
                 )
             except redis.ResponseError as exc:
                 return self._regroup_or_raise(exc)

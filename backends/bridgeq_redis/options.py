@@ -14,6 +14,10 @@ REDIS_MAX_BULK = 512 << 20
 """Redis refuses a single string larger than this (proto-max-bulk-len)."""
 
 
+MIN_SOCKET_TIMEOUT = 0.5
+"""Seconds: Redis ends a BLOCK on its clock (10 ticks a second by default), up to 0.2 s after it was due."""
+
+
 @dataclass(frozen=True)
 class RedisOptions:
     """Options of a Redis Streams URL: ``redis://[[user]:password@]host[:port][/db]?name=value``."""
@@ -59,7 +63,10 @@ class RedisOptions:
             path = getattr(self, name)
             if path is not None and not os.path.isfile(path):
                 raise ConfigError(f"option {name!r}: no such file {path[:200]!r}")
-        if self.socket_timeout <= 0 or self.connect_timeout <= 0:
-            raise ConfigError("options 'socket_timeout' and 'connect_timeout' must be positive")
+        if self.socket_timeout < MIN_SOCKET_TIMEOUT or self.connect_timeout <= 0:
+            raise ConfigError(
+                f"option 'socket_timeout' must be at least {MIN_SOCKET_TIMEOUT} (an idle fetch waits in Redis up "
+                "to 0.2 s longer than asked) and 'connect_timeout' positive"
+            )
         if self.retries < 0 or self.max_connections < 1:
             raise ConfigError("option 'retries' must not be negative and 'max_connections' must be at least 1")
