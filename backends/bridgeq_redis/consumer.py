@@ -82,9 +82,18 @@ class RedisConsumer(BackendConsumer):
                 return self._regroup_or_raise(exc)
             rows = reply[0][1] if reply else []  # [[entry id, [field, value, ...]], ...]
             if ahead and len(rows) >= max_messages:
-                self._ahead = resp.InFlight(self._backend.client.connection_pool)
-                self._ahead.send([self._fetch(ahead, 0)])
+                self._read_ahead(ahead)
         return self._deliveries(rows)
+
+    def _read_ahead(self, count: int) -> None:
+        """Send the next XREADGROUP now; if that fails, read on as without read-ahead (the entries just
+        read are returned all the same: dropped, they would wait claim_idle_ms to come again)."""
+        try:
+            self._ahead = resp.InFlight(self._backend.client.connection_pool)
+            self._ahead.send([self._fetch(count, 0)])
+        except (redis.ConnectionError, redis.TimeoutError, resp.NotConnected) as exc:
+            self._ahead = None
+            log.debug("%s: reading ahead failed (the next fetch reads as usual): %r", self._context, exc)
 
     def _fetch(self, count: int, block_ms: int) -> list[bytes]:
         """An XREADGROUP of up to ``count`` new entries, waiting up to ``block_ms`` for the first (0: not)."""

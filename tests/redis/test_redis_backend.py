@@ -179,6 +179,28 @@ def test_read_ahead_keeps_the_next_fetch_in_flight_within_prefetch(broker, topic
     assert raw.xpending(key(topic), "g")["pending"] == 0
 
 
+def test_a_read_ahead_that_cannot_be_sent_leaves_the_batch_read_delivered(broker, topic, raw, monkeypatch) -> None:
+    """The read-ahead goes out after a batch was read: when no connection can be had for it (pool full,
+    Redis gone), the batch is still returned, and the next fetch reads as without read-ahead."""
+    from bridgeq_redis import resp
+
+    broker.declare(topic, "g")
+    ids = broker.publish_batch(topic, [f"m{i}" for i in range(20)])
+
+    def unavailable(pool: Any) -> Any:
+        raise rx.MaxConnectionsError("Too many connections")
+
+    with broker.subscribe(topic, "g", prefetch=20, read_ahead=True) as sub:
+        monkeypatch.setattr(resp, "InFlight", unavailable)
+        first = sub.receive_batch(10, timeout=5)
+        assert [d.id for d in first] == ids[:10]
+        assert raw.xpending(key(topic), "g")["pending"] == 10  # nothing read ahead
+        monkeypatch.undo()
+        rest = collect(sub, 10)
+        sub.ack(first)
+    assert [d.id for d in rest] == ids[10:]
+
+
 def test_read_ahead_entries_go_back_on_close(broker, topic, raw) -> None:
     """What the last read-ahead got is handed back with the rest (made claimable at once, not after
     claim_idle_ms), and another member gets all twenty."""
