@@ -6,6 +6,7 @@ import operator
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from bridgeq import wire
 from bridgeq.capabilities import Capabilities
@@ -21,6 +22,8 @@ from bridgeq.url import BrokerURL, resolve
 
 DEFAULT_PREFETCH = 100
 DEFAULT_MAX_DELIVERIES = 5
+CLOSE_WORKERS = 16
+"""Subscriptions a broker's close closes at once: each may wait out its timeout when the broker is unreachable."""
 
 
 def connect(url: str | BrokerURL | None = None) -> Broker:
@@ -209,13 +212,13 @@ class Broker:
                 return
             self._closed = True
             subscriptions = list(self._subscriptions)
-        failures: list[BaseException] = []
-        for subscription in subscriptions:
-            try:
-                subscription.close()
-            except Exception as exc:  # close the others, and the connection, all the same
-                failures.append(exc)
+        if len(subscriptions) > 1:  # each may wait for the broker (its timeout, in an outage): all at once
+            with ThreadPoolExecutor(min(len(subscriptions), CLOSE_WORKERS), "bridgeq-close") as closing:
+                outcomes = list(closing.map(_closed, subscriptions))
+        else:
+            outcomes = [_closed(subscription) for subscription in subscriptions]
         self.backend.close()
+        failures = [outcome for outcome in outcomes if outcome is not None]
         if failures:
             raise failures[0]
 
@@ -227,6 +230,15 @@ class Broker:
 
     def __repr__(self) -> str:
         return f"<bridgeq.Broker {self.url}{' closed' if self._closed else ''}>"
+
+
+def _closed(subscription: Subscription) -> Exception | None:
+    """Close ``subscription``; what went wrong, if anything (the others, and the connection, close all the same)."""
+    try:
+        subscription.close()
+    except Exception as exc:
+        return exc
+    return None
 
 
 _body = operator.attrgetter("body")
