@@ -212,11 +212,7 @@ class Broker:
                 return
             self._closed = True
             subscriptions = list(self._subscriptions)
-        if len(subscriptions) > 1:  # each may wait for the broker (its timeout, in an outage): all at once
-            with ThreadPoolExecutor(min(len(subscriptions), CLOSE_WORKERS), "bridgeq-close") as closing:
-                outcomes = list(closing.map(_closed, subscriptions))
-        else:
-            outcomes = [_closed(subscription) for subscription in subscriptions]
+        outcomes = _close_all(subscriptions)
         self.backend.close()
         failures = [outcome for outcome in outcomes if outcome is not None]
         if failures:
@@ -230,6 +226,18 @@ class Broker:
 
     def __repr__(self) -> str:
         return f"<bridgeq.Broker {self.url}{' closed' if self._closed else ''}>"
+
+
+def _close_all(subscriptions: list[Subscription]) -> list[Exception | None]:
+    """Close them all at once (each may wait out its timeout in an outage); one by one where no thread can
+    start (an atexit handler: the interpreter is shutting down). What went wrong, for each."""
+    if len(subscriptions) > 1:
+        try:
+            with ThreadPoolExecutor(min(len(subscriptions), CLOSE_WORKERS), "bridgeq-close") as closing:
+                return list(closing.map(_closed, subscriptions))
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            pass
+    return [_closed(subscription) for subscription in subscriptions]
 
 
 def _closed(subscription: Subscription) -> Exception | None:

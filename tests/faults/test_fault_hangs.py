@@ -271,3 +271,18 @@ def test_broker_close_closes_its_subscriptions_at_once():
         assert all(sub.closed for sub in subscriptions) and not _SlowToCloseBackend.closing.broken
     finally:
         registry.unregister("slowclose")
+
+
+def test_broker_close_closes_every_subscription_where_no_thread_can_start(monkeypatch):
+    """In an atexit handler no new thread may start: the closes then run one by one, and all happen."""
+    import bridgeq.api
+
+    class NoThreads:
+        def __init__(self, *args: Any) -> None:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(bridgeq.api, "ThreadPoolExecutor", NoThreads)
+    broker = bridgeq.connect(f"memory://atexit-{uuid.uuid4().hex[:6]}")
+    subscriptions = [broker.subscribe("t", group) for group in ("a", "b", "c")]
+    broker.close()
+    assert all(sub.closed for sub in subscriptions) and broker.closed
