@@ -153,6 +153,9 @@ class RabbitMQConsumer(BackendConsumer):
     def _consume(self, channel: Channel) -> Generator[Step, Any, None]:
         yield from self._declare(channel)
         yield lambda done: channel.basic_qos(prefetch_count=self._prefetch, callback=done)
+        if self._closing:  # given up while it opened (a subscribe that timed out): consume nothing
+            channel.close()
+            return
         self.epoch += 1
         self._channel, self.unacked = channel, 0
         self._outstanding.clear()

@@ -316,6 +316,26 @@ def test_a_delete_that_failed_can_be_called_again(url_with, raw, topic):
         raw.queue_declare(queue, passive=True)
 
 
+def test_a_subscribe_that_timed_out_takes_no_message_once_the_link_is_back(url_with, topic):
+    """A subscribe that timed out while the network stalled went on once it moved again: it began consuming,
+    took a waiting message and gave it back as it closed, so the real subscriber got it as a redelivery."""
+    url = url_with(connect_timeout=1)
+    with (
+        Proxy(upstream_of(url)) as proxy,  # type: ignore[arg-type]
+        bridgeq.connect(proxied_url(url, proxy)) as broker,
+    ):
+        broker.declare(topic, "g")
+        broker.publish(topic, b"first delivery")
+        proxy.stall(3)
+        with pytest.raises(bridgeq.ConnectionLost):
+            broker.subscribe(topic, "g")
+        assert proxy.wait_healed()
+        time.sleep(1)  # the abandoned subscribe's replies arrive meanwhile
+        with broker.subscribe(topic, "g") as sub:
+            [delivery] = collect(sub, 1)
+    assert delivery.attempt == 1
+
+
 def test_a_resubscription_the_broker_refuses_is_a_config_error_not_silence(broker, raw, topic):
     """The group's queue deleted and made again with other arguments (or permissions taken away): every
     resubscription is refused. receive() returned None for ever; now it raises the refusal."""
