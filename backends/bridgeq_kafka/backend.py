@@ -230,19 +230,23 @@ class KafkaBackend(Backend):
 
     def prepare_publish(self, topic: str) -> None:
         """Start the producer and learn the topic's partitions: a first publish would wait for both."""
-        name = self._name(topic)
-        producer = self._get_producer()
+        name, producer = self._publishing(topic)
         with translate_errors(ERRORS, f"publishing to {topic!r}"):
             producer.partitions_for(name)
 
-    def begin_publish(self, topic: str, messages: Sequence[Message]) -> Callable[[], None]:
-        """Add the records to the producer's batches (the sender takes them from there); the function
-        returned waits for their confirmations."""
+    def _publishing(self, topic: str) -> tuple[str, KafkaProducer]:
+        """The topic's Kafka name and the producer, the topic made sure to exist."""
         name = self._name(topic)
         producer = self._get_producer()
         if name not in self._known:
             with translate_errors(ERRORS, f"publishing to {topic!r}"):
                 self._ensure_topic(name)
+        return name, producer
+
+    def begin_publish(self, topic: str, messages: Sequence[Message]) -> Callable[[], None]:
+        """Add the records to the producer's batches (the sender takes them from there); the function
+        returned waits for their confirmations."""
+        name, producer = self._publishing(topic)
         homes: list[Any] = []  # per record handed over: its batch (appender) or its future (send)
         unsent: BridgeqError | None = None
         appender, runs, run_length = self._appender, self._partitioner, RunPartitioner.RUN
