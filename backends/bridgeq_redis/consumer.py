@@ -18,7 +18,7 @@ from bridgeq.spi import BackendConsumer, Delivery, translate_errors
 from bridgeq.wire import ID_HEADER
 
 from . import resp
-from .errors import ERRORS, is_group_gone
+from .errors import ERRORS, NotConnected, is_group_gone
 from .scripts import REQUEUED_IDLE_MS
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class RedisConsumer(BackendConsumer):
         try:
             self._ahead = resp.InFlight(self._backend.client.connection_pool)
             self._ahead.send([self._fetch(count, 0)])
-        except (redis.ConnectionError, redis.TimeoutError, resp.NotConnected) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, NotConnected) as exc:
             self._ahead = None
             log.debug("%s: reading ahead failed (the next fetch reads as usual): %r", self._context, exc)
 

@@ -7,16 +7,21 @@ import redis.exceptions as rx
 from bridgeq.errors import BridgeqError, ConfigError, ConnectionLost
 from bridgeq.spi import ErrorTable
 
-from .resp import NotConnected
-
 
 class PoolExhausted(BridgeqError):
     """Every connection of a pool is in use (option max_connections): not an outage, so not ConnectionLost."""
 
 
+class NotConnected(Exception):
+    """A pooled connection could not connect, after the retries its own policy makes (redis-py retries a
+    connect within get_connection): the caller's retry must not retry it again, or the waits multiply."""
+
+
+REFUSED = (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError)
+"""The server refuses these credentials: redis-py derives some from ConnectionError, but retrying cannot help."""
+
 ERRORS: ErrorTable = (
-    # Before ConnectionError: redis-py derives the auth errors from it, but retrying cannot help.
-    ((rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError), ConfigError),
+    (REFUSED, ConfigError),  # before ConnectionError
     (rx.MaxConnectionsError, PoolExhausted),
     ((rx.ConnectionError, rx.TimeoutError, OSError, NotConnected), ConnectionLost),
     (rx.RedisError, BridgeqError),

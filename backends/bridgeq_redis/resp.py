@@ -21,6 +21,8 @@ import hiredis
 import redis
 from redis._parsers import BaseParser
 
+from .errors import REFUSED, NotConnected
+
 _CRLF = b"\r\n"
 _LARGE = 1 << 14  # longer values are sent as their own buffer, not copied into the batch
 _READ = 1 << 16  # bytes asked of the socket at a time (a larger buffer would be mapped and unmapped each time)
@@ -103,18 +105,13 @@ def _replies(sock: socket.socket, parser: Parser, count: int) -> list[Any]:
     return replies
 
 
-class NotConnected(Exception):
-    """A pooled connection could not connect, after the retries its own policy makes (redis-py retries a
-    connect within get_connection): the caller's retry must not retry it again, or the waits multiply."""
-
-
 def _connection(pool: redis.ConnectionPool) -> Any:
     try:
         try:
             return pool.get_connection()
         except TypeError:  # redis-py 5 names the command
             return pool.get_connection("XADD")
-    except (redis.exceptions.MaxConnectionsError, redis.AuthenticationError, redis.exceptions.AuthorizationError):
+    except (redis.exceptions.MaxConnectionsError, *REFUSED):
         raise  # not a failure to connect: the pool is full, or the server refuses these credentials
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise NotConnected(f"{type(exc).__name__}: {exc}") from exc
